@@ -1,0 +1,425 @@
+"""A typed, synchronous client of the TaskMarket contract over web3.py.
+
+One ``Market`` per (chain, account). Every chain call goes through ``self.lock``:
+the in-process EVM is not thread-safe and is shared by the client's watcher and
+the local workers; for a JSON-RPC node the lock also keeps nonces in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from ..errors import ChainError, InsufficientFunds, NetworkUnreachable
+from ..models import Resources
+from .artifact import load_artifact
+
+if TYPE_CHECKING:  # web3 costs ~1 s to import: only the type checker pays it here
+    from web3 import Web3
+
+    from ..keys import PrivateKey
+
+
+class ChainStatus(enum.IntEnum):
+    """``TaskMarket.Status`` as stored on chain."""
+
+    NONE = 0
+    OPEN = 1
+    CLAIMED = 2
+    COMPLETED = 3
+    NOT_PROCESSED = 4
+    CANCELLED = 5
+    DISPUTED = 6
+    FAILED = 7
+
+
+#: One sentence per custom error of the contract, for people rather than ABIs.
+ERROR_SENTENCES = {
+    "NotRequester": "only the account that created the task may do this",
+    "TaskNotOpen": "the task is no longer open",
+    "DeadlinePassed": "the task's deadline has passed",
+    "DeadlineNotPassed": "the task's deadline has not passed yet",
+    "NoFreeSeat": "every seat of the task is taken",
+    "AlreadySeated": "this worker already holds a seat of the task",
+    "NotSeatHolder": "this account does not hold a seat of the task",
+    "AlreadySubmitted": "this seat already submitted a result",
+    "SeatsHeld": "a worker holds the task; it can be cancelled only while nobody does",
+    "BadValidators": "validators must be between 1 and 16",
+    "BadPrice": "the price must be more than zero and fit the contract's range",
+    "BadDeadline": "the deadline must be in the future",
+    "BadLease": "the lease must be longer than zero seconds",
+    "NothingOwed": "nothing is owed to this account",
+    "Reentrancy": "a re-entrant call was refused",
+    "NoSuchTask": "there is no task with this id",
+    "EmptyBatch": "a batch needs at least one task",
+    "UnevenBatchValue": "the value sent must split evenly across the batch",
+}
+
+
+@dataclass(frozen=True)
+class MarketEvent:
+    """A decoded contract log, with where it happened."""
+
+    name: str
+    args: dict[str, Any]
+    block: int
+    tx_hash: str
+    log_index: int
+
+    @property
+    def task_id(self) -> int | None:
+        value = self.args.get("taskId")
+        return int(value) if value is not None else None
+
+
+@dataclass(frozen=True)
+class TxOutcome:
+    """What one mined transaction cost and said."""
+
+    tx_hash: str
+    block: int
+    gas_used: int
+    gas_cost_wei: int
+    events: tuple[MarketEvent, ...] = field(default_factory=tuple)
+
+    def first(self, name: str) -> MarketEvent:
+        for event in self.events:
+            if event.name == name:
+                return event
+        raise ChainError(f"The transaction {self.tx_hash} emitted no {name} event.")
+
+
+@dataclass(frozen=True)
+class OnchainTask:
+    task_id: int
+    requester: str
+    price_wei: int
+    deadline: int
+    timeout: int
+    lease: int
+    status: ChainStatus
+    validators: int
+    seats_taken: int
+    submitted: int
+
+
+class Market:
+    """Calls and follows one deployed TaskMarket as one account.
+
+    Parameters
+    ----------
+    w3 : a connected ``Web3``.
+    address : the contract's address.
+    account : the address transactions are sent from.
+    key : the account's key for signing; None when the node holds unlocked
+        accounts (the embedded chain).
+    lock : shared with everyone using the same ``w3`` (the embedded chain).
+    on_block : called after each of our transactions is mined, so followers on
+        the same process wake at once instead of waiting for their next poll.
+    """
+
+    def __init__(
+        self,
+        w3: Web3,
+        address: str,
+        account: str,
+        *,
+        key: PrivateKey | None = None,
+        lock: threading.RLock | None = None,
+        on_block: Callable[[], None] | None = None,
+        poll_interval: float = 0.05,
+    ) -> None:
+        artifact = load_artifact()
+        self.w3 = w3
+        self.address = w3.to_checksum_address(address)
+        self.account = w3.to_checksum_address(account)
+        self.contract = w3.eth.contract(address=self.address, abi=artifact["abi"])
+        self.lock = lock or threading.RLock()
+        self.poll_interval = poll_interval
+        self._key = key
+        self._on_block = on_block
+        self._nonce: int | None = None
+        self._topics = _event_topics(w3, artifact["abi"])
+        self._errors = _error_selectors(w3, artifact["abi"])
+
+    # -- transactions -------------------------------------------------------
+
+    def create_task(
+        self,
+        input_cid: str,
+        price_wei: int,
+        *,
+        timeout: int,
+        lease: int,
+        deadline: int,
+        validators: int = 1,
+        resources: Resources = Resources(),
+    ) -> tuple[int, TxOutcome]:
+        """Open a task with its price in escrow; returns the task id and the receipt's facts."""
+        outcome = self._transact(
+            self.contract.functions.createTask(
+                input_cid.encode(), timeout, lease, deadline, validators, resources.cpus, resources.memory_mb
+            ),
+            value=price_wei,
+        )
+        return int(outcome.first("TaskCreated").args["taskId"]), outcome
+
+    def create_tasks(
+        self,
+        input_cids: list[str],
+        price_wei_each: int,
+        *,
+        timeout: int,
+        lease: int,
+        deadline: int,
+        validators: int = 1,
+        resources: Resources = Resources(),
+    ) -> tuple[list[int], TxOutcome]:
+        """Open many tasks in one transaction: one base fee for the whole batch."""
+        outcome = self._transact(
+            self.contract.functions.createTasks(
+                [cid.encode() for cid in input_cids],
+                timeout,
+                lease,
+                deadline,
+                validators,
+                resources.cpus,
+                resources.memory_mb,
+            ),
+            value=price_wei_each * len(input_cids),
+        )
+        ids = [int(e.args["taskId"]) for e in outcome.events if e.name == "TaskCreated"]
+        return ids, outcome
+
+    def claim(self, task_id: int) -> TxOutcome:
+        return self._transact(self.contract.functions.claim(task_id))
+
+    def submit_result(self, task_id: int, digest: bytes, result_cid: str) -> TxOutcome:
+        return self._transact(self.contract.functions.submitResult(task_id, digest, result_cid.encode()))
+
+    def report_failure(self, task_id: int, digest: bytes, result_cid: str) -> TxOutcome:
+        """A worker says the task could not run (killed by its limits): the requester is refunded."""
+        return self._transact(self.contract.functions.reportFailure(task_id, digest, result_cid.encode()))
+
+    def release(self, task_id: int) -> TxOutcome:
+        return self._transact(self.contract.functions.release(task_id))
+
+    def cancel(self, task_id: int) -> TxOutcome:
+        return self._transact(self.contract.functions.cancel(task_id))
+
+    def reclaim(self, task_id: int) -> TxOutcome:
+        return self._transact(self.contract.functions.reclaim(task_id))
+
+    def withdraw(self) -> TxOutcome:
+        return self._transact(self.contract.functions.withdraw())
+
+    # -- reads ---------------------------------------------------------------
+
+    def get_task(self, task_id: int) -> OnchainTask:
+        with self._guard():
+            raw = self.contract.functions.getTask(task_id).call()
+        requester, price, deadline, timeout, lease, status, validators, seats, submitted = raw
+        return OnchainTask(
+            task_id, requester, int(price), int(deadline), int(timeout), int(lease),
+            ChainStatus(status), int(validators), int(seats), int(submitted),
+        )  # fmt: skip
+
+    def get_seat(self, task_id: int, seat: int) -> tuple[str, int, bool, bytes]:
+        with self._guard():
+            worker, lease_expiry, submitted, digest = self.contract.functions.getSeat(task_id, seat).call()
+        return worker, int(lease_expiry), bool(submitted), bytes(digest)
+
+    def owed(self, account: str | None = None) -> int:
+        with self._guard():
+            return int(self.contract.functions.owed(account or self.account).call())
+
+    def balance(self, account: str | None = None) -> int:
+        with self._guard():
+            return int(self.w3.eth.get_balance(account or self.account))
+
+    def block_number(self) -> int:
+        with self._guard():
+            return int(self.w3.eth.block_number)
+
+    def chain_time(self) -> int:
+        """Timestamp of the latest block: the clock deadlines are judged by."""
+        with self._guard():
+            return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def gas_price(self) -> int:
+        with self._guard():
+            return int(self.w3.eth.gas_price)
+
+    # -- events --------------------------------------------------------------
+
+    def follow(self, from_block: int | str = "latest") -> EventFollower:
+        """A log filter over this contract; ``poll()`` returns only what is new."""
+        return EventFollower(self, from_block)
+
+    def decode_logs(self, logs: list[Any]) -> list[MarketEvent]:
+        events = []
+        for log in logs:
+            topics = log["topics"]
+            if not topics:
+                continue
+            name = self._topics.get(bytes(topics[0]))
+            if name is None:
+                continue
+            decoded = self.contract.events[name]().process_log(log)
+            events.append(
+                MarketEvent(
+                    name=name,
+                    args=dict(decoded["args"]),
+                    block=int(log["blockNumber"]),
+                    tx_hash=_hex(log["transactionHash"]),
+                    log_index=int(log["logIndex"]),
+                )
+            )
+        return events
+
+    def events_in(self, from_block: int, to_block: int | str = "latest") -> list[MarketEvent]:
+        """Logs of a narrow block range (a full-chain scan gets slower with every block)."""
+        with self._guard():
+            logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": from_block, "toBlock": to_block})
+        return self.decode_logs(list(logs))
+
+    # -- internals -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Hold the chain lock and turn connection failures into one sentence."""
+        with self.lock:
+            try:
+                yield
+            except (ConnectionError, OSError) as exc:
+                raise NetworkUnreachable(
+                    f"The chain node did not answer ({type(exc).__name__}): start it or check the network's RPC URL."
+                ) from None
+            except Exception as exc:
+                if type(exc).__module__.startswith("requests"):
+                    raise NetworkUnreachable(
+                        "The chain node did not answer: start it (decloud devnet up) "
+                        "or check the network's RPC URL."
+                    ) from None
+                raise
+
+    def _transact(self, fn: Any, value: int = 0) -> TxOutcome:
+        with self._guard():
+            try:
+                if self._key is None:
+                    tx_hash = fn.transact({"from": self.account, "value": value})
+                else:
+                    tx_hash = self._send_signed(fn, value)
+                receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.01)
+            except Exception as exc:
+                self._nonce = None  # a refused transaction may leave our count wrong: re-read it
+                raise self._explain(exc, fn, value) from None
+            if receipt["status"] != 1:
+                raise ChainError(f"The transaction {_hex(tx_hash)} was reverted by the contract.")
+            outcome = TxOutcome(
+                tx_hash=_hex(tx_hash),
+                block=int(receipt["blockNumber"]),
+                gas_used=int(receipt["gasUsed"]),
+                gas_cost_wei=int(receipt["gasUsed"]) * int(receipt.get("effectiveGasPrice", 0) or 0),
+                events=tuple(self.decode_logs(list(receipt["logs"]))),
+            )
+        if self._on_block is not None:
+            self._on_block()
+        return outcome
+
+    def _send_signed(self, fn: Any, value: int) -> Any:
+        if self._nonce is None:
+            self._nonce = int(self.w3.eth.get_transaction_count(self.account, "pending"))
+        tx = fn.build_transaction({"from": self.account, "value": value, "nonce": self._nonce})
+        signed = self.w3.eth.account.sign_transaction(tx, self._key.reveal())  # type: ignore[union-attr]
+        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        self._nonce += 1
+        return tx_hash
+
+    def _explain(self, exc: Exception, fn: Any, value: int) -> Exception:
+        """Turn a web3 error into a DecloudError with one sentence (and no key material)."""
+        name = type(exc).__name__
+        text = str(exc)
+        data = getattr(exc, "data", None)
+        if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
+            error = self._errors.get(data[2:10].lower())
+            if error:
+                sentence = ERROR_SENTENCES.get(error, error)
+                return ChainError(f"The market refused {fn.fn_name}: {sentence}.")
+        if "insufficient funds" in text.lower() or "sender doesn't have enough funds" in text.lower():
+            return InsufficientFunds(
+                f"The account {self.account} cannot pay {value} wei plus gas: fund it or lower the price."
+            )
+        if isinstance(exc, (ConnectionError, OSError)) or type(exc).__module__.startswith("requests"):
+            return NetworkUnreachable(
+                "The chain node did not answer: start it (decloud devnet up) or check the network's RPC URL."
+            )
+        return ChainError(f"The market refused {fn.fn_name} ({name}): {_first_line(text)}")
+
+
+class EventFollower:
+    """Follows the contract's logs with a node-side filter: each poll returns only new logs."""
+
+    def __init__(self, market: Market, from_block: int | str = "latest") -> None:
+        self.market = market
+        with market._guard():
+            self._filter = market.w3.eth.filter({"address": market.address, "fromBlock": from_block})
+
+    def poll(self) -> list[MarketEvent]:
+        with self.market._guard():
+            logs = self._filter.get_new_entries()
+        return self.market.decode_logs(list(logs))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception), self.market._guard():
+            self.market.w3.eth.uninstall_filter(self._filter.filter_id)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds pass; every wait here has a limit."""
+    end = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(interval)
+
+
+def _event_topics(w3: Web3, abi: list[dict[str, Any]]) -> dict[bytes, str]:
+    topics = {}
+    for item in abi:
+        if item.get("type") == "event":
+            signature = f"{item['name']}({','.join(_abi_type(i) for i in item['inputs'])})"
+            topics[bytes(w3.keccak(text=signature))] = item["name"]
+    return topics
+
+
+def _error_selectors(w3: Web3, abi: list[dict[str, Any]]) -> dict[str, str]:
+    selectors = {}
+    for item in abi:
+        if item.get("type") == "error":
+            signature = f"{item['name']}({','.join(_abi_type(i) for i in item['inputs'])})"
+            selectors[bytes(w3.keccak(text=signature))[:4].hex()] = item["name"]
+    return selectors
+
+
+def _abi_type(item: dict[str, Any]) -> str:
+    kind = str(item["type"])
+    if kind.startswith("tuple"):
+        return "(" + ",".join(_abi_type(c) for c in item["components"]) + ")" + kind[len("tuple") :]
+    return kind
+
+
+def _hex(value: Any) -> str:
+    text = value.hex() if hasattr(value, "hex") else str(value)
+    return text if text.startswith("0x") else "0x" + text
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "no reason given"
+    return line[:200]

@@ -1,0 +1,453 @@
+"""The Python API: submit code to a market, follow its runs, read the ledger.
+
+Everything the magics do is one call here, so it is tested without a kernel.
+
+In[1]: from decloud_magics import Client
+In[2]: client = Client()                     # the embedded ``local`` network
+In[3]: run = client.submit("total = sum(xs)", inputs={"xs": [1, 2, 3]})
+In[4]: run.result().values
+Out[4]: {'total': 6}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .chain.market import ChainStatus, MarketEvent
+from .connection import Connection, connect
+from .errors import DecloudError, IntegrityError, RemoteError, RunFailed, UnsafeValueError, UsageError
+from .keys import PrivateKey, redact
+from .models import EventKind, Resources, RunEvent, Status, utcnow
+from .networks import NetworkConfig, get_network
+from .run import Result, Run
+from .units import format_amount, parse_amount
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .ledger import Ledger
+
+log = logging.getLogger("decloud.client")
+
+DEFAULT_PRICE = "0.0001ether"
+#: Time a task may wait for a worker before its deadline, on top of its own timeout.
+DEFAULT_QUEUE_WINDOW_S = 120
+#: Extra lease beyond the task's timeout: fetching, storing and settling take a moment.
+LEASE_GRACE_S = 15
+
+
+class Client:
+    """A connection to one market plus the local ledger.
+
+    Parameters
+    ----------
+    network : a network name (``local``, ``devnet``, or one you added) or a config.
+    ledger : where runs are recorded; the default ledger file when None.
+    key : the requester's key for networks other than ``local``; read from the
+        environment, a ``.env`` file or a keystore when None.
+    """
+
+    def __init__(
+        self,
+        network: str | NetworkConfig = "local",
+        *,
+        ledger: Ledger | None = None,
+        key: PrivateKey | None = None,
+        default_price: str | int = DEFAULT_PRICE,
+        queue_window_s: int = DEFAULT_QUEUE_WINDOW_S,
+    ) -> None:
+        from .ledger import Ledger
+
+        self.config = network if isinstance(network, NetworkConfig) else get_network(network)
+        self.ledger = ledger or Ledger()
+        self.default_price_wei = parse_amount(default_price)
+        self.queue_window_s = queue_window_s
+        self.conn: Connection = connect(self.config, key)
+        self.runs: dict[str, Run] = {}
+        self._by_task: dict[int, Run] = {}
+        self._orphans: dict[int, list[MarketEvent]] = defaultdict(list)
+        self._live: queue.SimpleQueue[tuple[int, str, dict[str, Any]]] = queue.SimpleQueue()
+        self._lock = threading.RLock()
+        self._closed = threading.Event()
+        self._follower = self.conn.market.follow(from_block=self.conn.market.block_number())
+        self._unsubscribe = self.conn.channel.subscribe(self._on_live)
+        self._watcher = threading.Thread(target=self._watch, name="decloud-client-watcher", daemon=True)
+        self._watcher.start()
+
+    @property
+    def network(self) -> str:
+        return self.config.name
+
+    @property
+    def account(self) -> str:
+        return self.conn.market.account
+
+    # -- submitting ------------------------------------------------------------
+
+    def submit(
+        self,
+        code: str,
+        inputs: Mapping[str, Any] | None = None,
+        outputs: Sequence[str] | None = None,
+        *,
+        namespace: Mapping[str, Any] | None = None,
+        input_names: Sequence[str] | None = None,
+        price: str | int | None = None,
+        timeout: int = 60,
+        resources: Resources = Resources(),
+        validators: int = 1,
+        name: str | None = None,
+        trust_pickle: bool = False,
+        queue_window_s: int | None = None,
+        max_input_bytes: int | None = None,
+    ) -> Run:
+        """Package ``code`` with ``inputs``, store it, and open a paid task for it.
+
+        ``inputs`` maps names to values that are all sent. ``namespace`` is where
+        the cell's free variables are looked up (a notebook passes its own);
+        ``input_names`` overrides that choice.
+        ``outputs`` names what to bring back; by default every name the cell assigns.
+        Errors before the task is opened (syntax, unserializable input) cost nothing.
+        """
+        from .package import build_task_package
+
+        if timeout <= 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, not {timeout}.")
+        price_wei = self.default_price_wei if price is None else parse_amount(price)
+        run_id = uuid.uuid4().hex[:12]
+        run = Run(
+            self,
+            run_id,
+            name=name,
+            network=self.network,
+            price_wei=price_wei,
+            trust_pickle=trust_pickle,
+            outputs=tuple(outputs or ()),
+        )
+        self._record_new(run, code, timeout=timeout, validators=validators)
+        with self._lock:
+            self.runs[run_id] = run
+        try:
+            scope = {**(namespace or {}), **(inputs or {})}
+            names = list(input_names) if input_names is not None else None
+            if inputs and names is None and namespace is None:
+                names = list(inputs)
+            elif inputs and names is not None:
+                names += [n for n in inputs if n not in names]
+            limits = {} if max_input_bytes is None else {"max_input_bytes": max_input_bytes}
+            _, package = build_task_package(
+                code, scope, inputs=names, outputs=outputs, trust_pickle=trust_pickle, name=name, **limits
+            )
+            run.input_cid = self.conn.store.put(package)
+            market = self.conn.market
+            deadline = market.chain_time() + timeout + (queue_window_s or self.queue_window_s)
+            run.deadline = deadline
+            task_id, outcome = market.create_task(
+                run.input_cid,
+                price_wei,
+                timeout=int(timeout),
+                lease=int(timeout) + LEASE_GRACE_S,
+                deadline=deadline,
+                validators=validators,
+                resources=resources,
+            )
+        except DecloudError as exc:
+            self._fail_before_chain(run, exc)
+            raise
+        run.task_id = task_id
+        run.gas_used += outcome.gas_used
+        run.gas_cost_wei += outcome.gas_cost_wei
+        self.ledger.update_run(
+            run_id, task_id=task_id, input_cid=run.input_cid, deadline=float(deadline), contract=market.address
+        )
+        run._emit(
+            EventKind.CREATED,
+            message=f"task {task_id} created, {format_amount(price_wei, self.config.symbol)} in escrow",
+            block=outcome.block,
+            tx_hash=outcome.tx_hash,
+            data={"task_id": task_id, "input_cid": run.input_cid, "gas": outcome.gas_used},
+        )
+        with self._lock:
+            self._by_task[task_id] = run
+            early = self._orphans.pop(task_id, [])
+        for event in early:
+            self._on_chain_event(event)
+        self.conn.wake.set()
+        return run
+
+    def cancel(self, run: Run) -> int:
+        """Cancel an open task nobody holds; the escrow comes back. Returns the refund in wei."""
+        if run.task_id is None or run.done():
+            raise UsageError(f"Run {run.id} is {run.status.value}: only an open run can be cancelled.")
+        outcome = self.conn.market.cancel(run.task_id)
+        self._add_gas(run, outcome.gas_used, outcome.gas_cost_wei)
+        for event in outcome.events:
+            self._on_chain_event(event)
+        return run.refunded_wei
+
+    def get_run(self, run_id: str) -> Run:
+        with self._lock:
+            matches = [r for rid, r in self.runs.items() if rid.startswith(run_id)]
+        if len(matches) != 1:
+            what = "no run" if not matches else "more than one run"
+            raise UsageError(f"{what.capitalize()} of this session starts with '{run_id}': give more of its id.")
+        return matches[0]
+
+    def history(self, **filters: Any) -> pd.DataFrame:
+        """Every run this ledger knows, newest first (see ``Ledger.history_frame``)."""
+        return self.ledger.history_frame(**filters)
+
+    def close(self) -> None:
+        self._closed.set()
+        self.conn.wake.set()
+        self._watcher.join(timeout=5)
+        self._unsubscribe()
+        self._follower.close()
+        self.conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- following -------------------------------------------------------------
+
+    def _on_live(self, task_id: int, kind: str, data: dict[str, Any]) -> None:
+        self._live.put((task_id, kind, data))
+        self.conn.wake.set()
+
+    def _watch(self) -> None:
+        """One loop for all runs: chain logs first, then live messages, then deadlines."""
+        while not self._closed.is_set():
+            self.conn.wake.clear()
+            # Take live messages before reading the chain: a worker says "running"
+            # only after its claim is mined, so the claim is then already readable.
+            live = []
+            while True:
+                try:
+                    live.append(self._live.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                for event in self._follower.poll():
+                    self._on_chain_event(event)
+                for task_id, kind, data in live:
+                    self._on_live_message(task_id, kind, data)
+                self._check_deadlines()
+            except DecloudError as exc:
+                log.warning("decloud watcher: %s", redact(str(exc), self.conn.key))
+            except Exception:  # never let the watcher die: runs would hang
+                log.exception("decloud watcher error")
+            self.conn.wake.wait(self.conn.market.poll_interval)
+
+    def _on_chain_event(self, event: MarketEvent) -> None:
+        task_id = event.task_id
+        if task_id is None:
+            return
+        with self._lock:
+            run = self._by_task.get(task_id)
+            if run is None:
+                if event.name != "TaskCreated":
+                    self._orphans[task_id].append(event)  # our create call has not returned yet
+                return
+        where = {"block": event.block, "tx_hash": event.tx_hash}
+        a = event.args
+        if event.name == "TaskClaimed":
+            run.worker = str(a["worker"])
+            self.ledger.update_run(run.id, worker=run.worker, started_at=utcnow())
+            run._emit(
+                EventKind.ORDER_PLACED,
+                message=f"claimed by {_short(run.worker)}",
+                worker=run.worker,
+                data={"seat": int(a["seat"]), "lease_expiry": int(a["leaseExpiry"])},
+                **where,
+            )
+        elif event.name == "ResultSubmitted":
+            run.result_cid = bytes(a["resultCid"]).decode()
+        elif event.name == "TaskCompleted":
+            self._settle(run, bytes(a["resultDigest"]), where, paid=int(a["paidPerWorker"]))
+        elif event.name == "TaskFailed":
+            run.result_cid = bytes(a["resultCid"]).decode()
+            run.refunded_wei = int(a["refund"])
+            self._settle(run, bytes(a["resultDigest"]), where, paid=0)
+        elif event.name in ("TaskCancelled", "TaskNotProcessed", "TaskDisputed"):
+            self._end_without_result(run, event, where)
+
+    def _on_live_message(self, task_id: int, kind: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            run = self._by_task.get(task_id)
+        if run is None or run.done():
+            return
+        if kind == "running" and run.status == Status.CLAIMED:
+            run._emit(EventKind.RUNNING, message="running in the worker's sandbox", data=data)
+        elif kind == "stdout":
+            run._emit(EventKind.STDOUT, message=str(data.get("line", "")), data=data)
+
+    def _check_deadlines(self) -> None:
+        """Past its deadline with no result, a task is not processed: take the escrow back."""
+        with self._lock:
+            waiting = [r for r in self._by_task.values() if not r.done() and r.deadline is not None]
+        if not waiting:
+            return
+        now = time.time()
+        for run in waiting:
+            if run.deadline is not None and now > run.deadline + 1 and run.task_id is not None:
+                try:
+                    task = self.conn.market.get_task(run.task_id)
+                    if task.status in (ChainStatus.OPEN, ChainStatus.CLAIMED):
+                        outcome = self.conn.market.reclaim(run.task_id)
+                        self._add_gas(run, outcome.gas_used, outcome.gas_cost_wei)
+                        for event in outcome.events:
+                            self._on_chain_event(event)
+                except DecloudError as exc:
+                    log.debug("reclaim of task %s not possible yet: %s", run.task_id, exc)
+
+    # -- endings ---------------------------------------------------------------
+
+    def _settle(self, run: Run, digest: bytes, where: dict[str, Any], paid: int) -> None:
+        """Fetch the result by its CID, check it against the chain's digest, decode it safely."""
+        try:
+            result = self.load_result(run, run.result_cid, digest)
+        except (IntegrityError, DecloudError) as exc:
+            message = f"the result was refused: {exc}"
+            self.ledger.update_run(run.id, error=message)
+            run._finish(EventKind.FAILED, failure=RunFailed(message), message=message,
+                        data={"reason": "verification"}, **where)  # fmt: skip
+            return
+        self.ledger.update_run(run.id, result_cid=run.result_cid, result_digest=digest.hex())
+        if result.error is not None:
+            message = f"the cell raised {result.error.ename}: {result.error.evalue}"
+            reason = "cell_raised"
+        elif result.failure is not None:
+            message = result.failure
+            reason = "sandbox"
+        else:
+            kind = EventKind.COMPLETED
+            message = f"completed; worker paid {format_amount(paid, self.config.symbol)}"
+            run._finish(kind, result=result, message=message,
+                        data={"result_cid": run.result_cid, "paid": paid}, **where)  # fmt: skip
+            return
+        self.ledger.update_run(run.id, error=message, refunded_wei=run.refunded_wei)
+        run._finish(EventKind.FAILED, result=result, message=message,
+                    data={"reason": reason, "result_cid": run.result_cid, "refund": run.refunded_wei},
+                    **where)  # fmt: skip
+
+    def _end_without_result(self, run: Run, event: MarketEvent, where: dict[str, Any]) -> None:
+        symbol = self.config.symbol
+        if event.name == "TaskDisputed":
+            run.refunded_wei = run.price_wei
+            workers = [str(w) for w in event.args["workers"]]
+            message = f"validators disagreed ({', '.join(_short(w) for w in workers)}); escrow refunded"
+            kind, data = EventKind.DISPUTED, {"workers": workers,
+                                              "digests": [bytes(d).hex() for d in event.args["digests"]]}  # fmt: skip
+        else:
+            run.refunded_wei = int(event.args["refund"])
+            if event.name == "TaskCancelled":
+                kind, message = EventKind.CANCELLED, f"cancelled; {format_amount(run.refunded_wei, symbol)} refunded"
+            else:
+                kind = EventKind.NOT_PROCESSED
+                message = (
+                    f"no worker took the task before its deadline; {format_amount(run.refunded_wei, symbol)} "
+                    "refunded. Try a higher --price or a longer wait."
+                )
+            data = {"refund": run.refunded_wei}
+        self.ledger.update_run(run.id, refunded_wei=run.refunded_wei, error=message)
+        run._finish(kind, failure=RunFailed(f"Run {run.id}: {message}."), message=message, data=data, **where)
+
+    def load_result(self, run: Run, cid: str | None, digest: bytes) -> Result:
+        """Read a result from the store and verify it; never trusts a cache."""
+        from .codecs import decode_value
+        from .package import decode_result, result_digest
+
+        if not cid:
+            raise IntegrityError(f"Run {run.id} has no result CID on chain.")
+        data = self.conn.store.get(cid)
+        if result_digest(data) != digest:
+            raise IntegrityError(
+                f"the bytes stored under {cid} do not match the digest the chain recorded; "
+                "the worker's result was altered and is not used"
+            )
+        package = decode_result(data)
+        values: dict[str, Any] = {}
+        value_errors = dict(package.value_errors)
+        for name, encoded in package.values.items():
+            try:
+                values[name] = decode_value(name, encoded, allow_pickle=run.trust_pickle)
+            except UnsafeValueError as exc:
+                value_errors[name] = str(exc)
+        error = None
+        if package.error is not None:
+            error = RemoteError(package.error.ename, package.error.evalue, list(package.error.traceback))
+        return Result(
+            run_id=run.id,
+            status=Status.COMPLETED if error is None and not package.failure else Status.FAILED,
+            stdout=package.stdout,
+            stderr=package.stderr,
+            displays=list(package.displays),
+            values=values,
+            value_errors=value_errors,
+            error=error,
+            failure=package.failure,
+            result_cid=cid,
+            timings=dict(package.timings),
+        )
+
+    # -- the ledger --------------------------------------------------------------
+
+    def _record_new(self, run: Run, code: str, *, timeout: int, validators: int) -> None:
+        from .ledger import RunRecord
+
+        self.ledger.record_run(
+            RunRecord(
+                run_id=run.id,
+                name=run.name,
+                network=self.network,
+                requester=self.account,
+                status=Status.CREATED.value,
+                submitted_at=utcnow(),
+                price_wei=run.price_wei,
+                gas_used=0,
+                gas_cost_wei=0,
+                cell_hash=hashlib.sha256(code.encode()).hexdigest()[:16],
+                code=code,
+                outputs=list(run.outputs),
+                options={"timeout": timeout, "trust_pickle": run.trust_pickle},
+                validators=validators,
+            )
+        )
+
+    def _fail_before_chain(self, run: Run, exc: Exception) -> None:
+        message = redact(str(exc), self.conn.key)
+        self.ledger.update_run(run.id, status=Status.FAILED.value, error=message, completed_at=utcnow())
+        run._finish(EventKind.FAILED, failure=RunFailed(message), message=message, data={"reason": "before_chain"})
+
+    def _add_gas(self, run: Run, gas: int, cost: int) -> None:
+        run.gas_used += gas
+        run.gas_cost_wei += cost
+        self.ledger.update_run(run.id, gas_used=run.gas_used, gas_cost_wei=run.gas_cost_wei)
+
+    def _record_event(self, run: Run, event: RunEvent) -> None:
+        if event.kind == EventKind.STDOUT:
+            return  # stdout lines are shown live and kept in the result, not in the ledger
+        fields: dict[str, Any] = {"status": run.status.value, "gas_used": run.gas_used,
+                                  "gas_cost_wei": run.gas_cost_wei}  # fmt: skip
+        if event.is_final:
+            fields["completed_at"] = event.at
+        self.ledger.update_run(run.id, **fields)
+        self.ledger.add_event(event)
+
+    def _report_callback_error(self, run: Run, exc: Exception) -> None:
+        log.warning("a callback of run %s raised %s: %s", run.id, type(exc).__name__, exc)
+
+
+def _short(address: str | None) -> str:
+    return f"{address[:6]}…{address[-4:]}" if address else "?"

@@ -1,0 +1,119 @@
+"""Open a network: the market client, the content store and the live channel for one config.
+
+``local`` is started in process on first use (chain, store, workers) and shared
+by every client of the process; any other network is reached over its URLs.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from .channel import LiveChannel, LocalChannel, NullChannel
+from .chain.market import Market
+from .errors import ConfigError
+from .keys import PrivateKey, load_private_key
+from .networks import NetworkConfig
+from .paths import decloud_home
+from .store.base import Store
+
+
+@dataclass
+class Connection:
+    """Everything a client needs to reach one market as one account."""
+
+    config: NetworkConfig
+    market: Market
+    store: Store
+    channel: LiveChannel
+    wake: threading.Event
+    key: PrivateKey | None = None
+    embedded: Any = None  # the EmbeddedChain, for the local network
+
+    def close(self) -> None:
+        if self.embedded is not None:
+            self.embedded.remove_listener(self.wake)
+
+
+class _LocalNetwork:
+    """The process-wide embedded network: one chain, one store, one channel, one worker pool."""
+
+    def __init__(self) -> None:
+        from .chain.embedded import EmbeddedChain
+        from .store.local import LocalStore
+        from .worker.pool import LocalWorkerPool
+
+        self.chain = EmbeddedChain()
+        self.store = LocalStore(decloud_home() / "blocks")
+        self.channel = LocalChannel()
+        self.pool = LocalWorkerPool(self.chain, self.store, self.channel).start()
+
+    def stop(self) -> None:
+        self.pool.stop(timeout=5)
+
+
+_local: _LocalNetwork | None = None
+_local_lock = threading.Lock()
+
+
+def local_network() -> _LocalNetwork:
+    global _local
+    with _local_lock:
+        if _local is None:
+            _local = _LocalNetwork()
+        return _local
+
+
+def stop_local_network() -> None:
+    """Stop the embedded workers and forget the chain (tests start from genesis)."""
+    global _local
+    with _local_lock:
+        if _local is not None:
+            _local.stop()
+        _local = None
+
+
+def connect(config: NetworkConfig, key: PrivateKey | None = None) -> Connection:
+    """A connection to ``config`` as the user's account."""
+    wake = threading.Event()
+    if config.is_embedded:
+        local = local_network()
+        local.chain.add_listener(wake)
+        return Connection(
+            config=config,
+            market=local.chain.market(0),
+            store=local.store,
+            channel=local.channel,
+            wake=wake,
+            embedded=local.chain,
+        )
+    return connect_rpc(config, key or load_private_key(), wake)
+
+
+def connect_rpc(config: NetworkConfig, key: PrivateKey | None, wake: threading.Event | None = None) -> Connection:
+    """A connection over JSON-RPC and the Kubo RPC API."""
+    from web3 import HTTPProvider, Web3
+
+    from .store.kubo import KuboStore
+
+    if not (config.rpc_url and config.contract and config.ipfs_api):
+        raise ConfigError(f"The network '{config.name}' lacks an RPC URL, a contract address or an IPFS API URL.")
+    if key is None:
+        raise ConfigError(
+            f"No key for the network '{config.name}': set DECLOUD_PRIVATE_KEY, put it in a .env file, "
+            "or point DECLOUD_KEYSTORE at an encrypted keystore."
+        )
+    from eth_account import Account
+
+    w3 = Web3(HTTPProvider(config.rpc_url, request_kwargs={"timeout": 30}))
+    account = Account.from_key(key.reveal()).address
+    market = Market(w3, config.contract, account, key=key)
+    return Connection(
+        config=config,
+        market=market,
+        store=KuboStore(config.ipfs_api),
+        channel=NullChannel(),
+        wake=wake or threading.Event(),
+        key=key,
+    )

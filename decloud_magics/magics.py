@@ -1,0 +1,247 @@
+"""``%%decloud`` and ``%decloud``: parse, route to the client, render. No work lives here."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import TYPE_CHECKING, Any, Callable
+
+from IPython.core.error import UsageError as IPythonUsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Float, Integer, Unicode, validate
+
+from . import render
+from .errors import DecloudError, UsageError
+from .models import Resources
+from .units import parse_amount
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .run import Run
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if not name.isidentifier():
+            raise UsageError(f"'{name}' is not a Python variable name (give names separated by commas).")
+    return names
+
+
+# -- the flags of each subcommand (declared, so `%decloud?` documents them) ---------
+
+
+@magic_arguments()
+@argument("--network", "-n", default=None, help="network to run on (default: the current one, `local` at first)")
+@argument("--price", "-p", default=None, help="price in escrow: 0.001 (native unit), 5gwei, 0.001ether")
+@argument("--timeout", "-t", type=float, default=None, help="wall-clock limit of the cell on the worker, seconds")
+@argument("--cpu", type=int, default=1, help="CPUs the task asks for")
+@argument("--memory", type=float, default=1.0, help="memory the task asks for, GB")
+@argument("--validators", type=int, default=1, help="distinct workers that must agree on the result")
+@argument("--in", dest="inputs", default=None, help="names to send, comma separated (default: what the cell reads)")
+@argument("--out", dest="outputs", default=None, help="names to bring back (default: what the cell assigns)")
+@argument("--trust-pickle", action="store_true", help="allow values that only pickle can restore to come back")
+@argument("--name", default=None, help="a label for the run in the history")
+def _run_args(line: str) -> None:
+    """Run the cell on the market; outputs and variables come back as if it ran here."""
+
+
+@magic_arguments()
+@argument("run_id", help="the run's id, or its first characters")
+@argument("--timeout", "-t", type=float, default=None, help="give up waiting after this many seconds")
+def _wait_args(line: str) -> None:
+    """Wait for a run of this session to end and show its outputs."""
+
+
+@magic_arguments()
+@argument("action", nargs="?", default="list", help="list | use NAME | add NAME")
+@argument("name", nargs="?", default=None)
+@argument("--rpc", default=None, help="JSON-RPC URL of the chain node")
+@argument("--contract", default=None, help="address of the TaskMarket contract")
+@argument("--ipfs-api", default=None, help="URL of the IPFS node's Kubo RPC API")
+@argument("--chain-id", type=int, default=None)
+def _network_args(line: str) -> None:
+    """List networks, choose the current one, or add one (no secrets are saved)."""
+
+
+SUBCOMMANDS: dict[str, Callable[..., Any]] = {"run": _run_args, "wait": _wait_args, "network": _network_args}
+
+
+@magics_class
+class DecloudMagics(Magics):
+    """The notebook face of ``decloud_magics.Client``; settings work with ``%config DecloudMagics.x = …``."""
+
+    network = Unicode("local", config=True, help="Network a run uses when --network is not given.")
+    default_price = Unicode("0.0001ether", config=True, help="Price of a run when --price is not given.")
+    default_timeout = Float(60.0, config=True, help="Wall-clock limit of a cell on the worker, seconds.")
+    max_input_mb = Float(100.0, config=True, help="Largest input a run may send, in MB.")
+    queue_window = Integer(120, config=True, help="Seconds a task may wait for a worker before it is refunded.")
+
+    @validate("default_price")
+    def _check_price(self, proposal: Any) -> str:
+        parse_amount(proposal["value"])
+        return str(proposal["value"])
+
+    @validate("default_timeout")
+    def _check_timeout(self, proposal: Any) -> float:
+        if proposal["value"] <= 0:
+            raise ValueError("default_timeout must be a positive number of seconds")
+        return float(proposal["value"])
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._clients: dict[str, Client] = {}
+        self._runs: dict[str, Run] = {}
+
+    def on_load(self) -> None:
+        """Nothing heavy happens at load: the network starts on the first run."""
+
+    def on_unload(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    def client(self, network: str | None = None) -> Client:
+        from .client import Client
+
+        name = network or self.network
+        if name not in self._clients:
+            self._clients[name] = Client(name, default_price=self.default_price, queue_window_s=self.queue_window)
+        return self._clients[name]
+
+    # -- routing --------------------------------------------------------------
+
+    @line_cell_magic
+    def decloud(self, line: str, cell: str | None = None) -> Any:
+        """Run cells on a decentralized compute market. Subcommands: run, wait, runs, network."""
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise IPythonUsageError(f"Could not read the options: {exc}.") from None
+        command = words[0] if words else ""
+        rest = line.strip()[len(command) :]
+        try:
+            if command == "run":
+                if cell is None:
+                    raise UsageError("`run` runs a cell: write %%decloud run on the first line of a cell.")
+                return self.run_cell(rest, cell)
+            if cell is not None:
+                raise UsageError(f"%%decloud {command} is not a cell magic; only `%%decloud run` takes a cell.")
+            if command == "wait":
+                return self.wait(rest)
+            if command == "runs":
+                return self.list_runs()
+            if command == "network":
+                return self.network_command(rest)
+            if command in ("", "help"):
+                print(self.decloud.__doc__)
+                return None
+            raise UsageError(
+                f"Unknown subcommand '{command}': use one of run, wait, runs, network (see %decloud?)."
+            )
+        except UsageError as exc:
+            raise IPythonUsageError(str(exc)) from None
+
+    def _parse(self, name: str, rest: str) -> Any:
+        return parse_argstring(SUBCOMMANDS[name], rest)
+
+    # -- run -------------------------------------------------------------------
+
+    def run_cell(self, rest: str, cell: str) -> None:
+        args = self._parse("run", rest)
+        if args.memory <= 0 or args.cpu <= 0:
+            raise UsageError("--cpu and --memory must be more than zero.")
+        if args.validators < 1 or args.validators > 16:
+            raise UsageError(f"--validators must be between 1 and 16, not {args.validators}.")
+        timeout = self.default_timeout if args.timeout is None else args.timeout
+        if timeout <= 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}.")
+        price = args.price if args.price is not None else self.default_price
+        parse_amount(price)  # a wrong amount is a usage error before anything starts
+        client = self.client(args.network)
+        user_ns = self.shell.user_ns
+        run = client.submit(
+            cell,
+            namespace=user_ns,
+            input_names=_names(args.inputs),
+            outputs=_names(args.outputs),
+            price=price,
+            timeout=int(max(1, round(timeout))),
+            resources=Resources(cpus=args.cpu, memory_mb=int(args.memory * 1024)),
+            validators=args.validators,
+            name=args.name,
+            trust_pickle=args.trust_pickle,
+            max_input_bytes=int(self.max_input_mb * 1e6),
+        )
+        self._runs[run.id] = run
+        return self._finish(run)
+
+    def _finish(self, run: Run, timeout: float | None = None) -> None:
+        try:
+            run.wait(timeout)
+        except KeyboardInterrupt:
+            print(f"Stopped waiting; run {run.id} goes on. `%decloud wait {run.id}` picks it up.", file=sys.stderr)
+            return None
+        result = run.result()
+        render.show_result(result)
+        changed = render.bind_values(self.shell.user_ns, result)
+        del changed
+        result.raise_for_error()
+        return None
+
+    # -- other subcommands --------------------------------------------------------
+
+    def wait(self, rest: str) -> None:
+        args = self._parse("wait", rest)
+        matches = [r for rid, r in self._runs.items() if rid.startswith(args.run_id)]
+        if len(matches) != 1:
+            raise UsageError(
+                f"{'No' if not matches else 'More than one'} run of this session starts with '{args.run_id}'; "
+                "`%decloud runs` lists them."
+            )
+        return self._finish(matches[0], args.timeout)
+
+    def list_runs(self) -> Any:
+        return render.runs_table(list(self._runs.values()))
+
+    def network_command(self, rest: str) -> Any:
+        from .networks import RPC, NetworkConfig, get_network, list_networks, save_network
+
+        args = self._parse("network", rest)
+        if args.action == "list":
+            return render.networks_table(list_networks(), current=self.network)
+        if args.action == "use" or (args.action not in ("add",) and args.name is None):
+            name = args.name if args.action == "use" else args.action
+            if name is None:
+                raise UsageError("Say which network: %decloud network use NAME.")
+            get_network(name)  # unknown names fail here with the list of known ones
+            self.network = name
+            print(f"Runs now go to the '{name}' network.")
+            return None
+        if args.action == "add":
+            if not args.name:
+                raise UsageError("Give the new network a name: %decloud network add NAME --rpc URL ...")
+            path = save_network(
+                NetworkConfig(
+                    name=args.name, kind=RPC, rpc_url=args.rpc, contract=args.contract,
+                    ipfs_api=args.ipfs_api, chain_id=args.chain_id,
+                )
+            )  # fmt: skip
+            print(f"Saved network '{args.name}' in {path} (no secrets are stored there).")
+            return None
+        raise UsageError(f"Unknown network action '{args.action}': use list, use NAME or add NAME.")
+
+
+def _compose_help() -> str:
+    parts = [DecloudMagics.decloud.__doc__ or ""]
+    for name, func in SUBCOMMANDS.items():
+        usage = (func.__doc__ or "").replace("::\n\n  ", "").strip()
+        usage = usage.replace(f"%{func.__name__}", f"%decloud {name}")
+        parts.append(f"\n{name}\n{'-' * len(name)}\n{usage}")
+    return "\n".join(parts)
+
+
+DecloudMagics.decloud.__doc__ = _compose_help()

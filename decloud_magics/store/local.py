@@ -1,0 +1,158 @@
+"""An on-disk blockstore: the ``local`` network's IPFS stand-in, with the same CIDs.
+
+One file per block, named by its CID, so a payload stored here and one added to
+a real node get the same name. Several kernels and worker processes share the
+folder, so writes go to a private temp file and are renamed into place: a
+reader sees either no block or a whole one, never a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import ContentNotFound, IntegrityError, StoreError
+from .cid import RAW, SHA2_256, cid_from_sha256, parse_cid
+
+_TMP_PREFIX = ".tmp-"
+
+
+class LocalStore:
+    """Raw sha256 blocks in ``root/<shard>/<cid>``, checked on every read."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        if root is None:
+            from ..paths import decloud_home
+
+            root = decloud_home() / "blocks"
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"Cannot create the block folder {self.root} ({exc.strerror}): set DECLOUD_HOME to a writable folder."
+            ) from None
+        self._shards: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def path_for(self, cid: str) -> Path:
+        """Where a block lives; sharded so no directory grows past a few thousand files.
+
+        Like IPFS flatfs ``next-to-last/2``: the two characters before the last
+        one. The last base32 character carries only 3 bits of the digest (288
+        bits do not fill whole 5-bit characters), so it would spread blocks
+        over 8 folders instead of 1024.
+        """
+        name = self._name(cid)
+        return self.root / name[-3:-1] / name
+
+    def put(self, data: bytes | bytearray | memoryview) -> str:
+        """Store ``data`` (hashed once, written once) and return its raw CID."""
+        view = memoryview(data).cast("B")
+        cid = cid_from_sha256(hashlib.sha256(view).digest())
+        path = self.root / cid[-3:-1] / cid
+        try:
+            if os.stat(path).st_size == view.nbytes:
+                return cid  # already here: same name means same bytes
+        except FileNotFoundError:
+            pass
+        shard = path.parent
+        if shard.name not in self._shards:
+            shard.mkdir(exist_ok=True)
+            self._shards.add(shard.name)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=shard)
+            try:
+                with open(fd, "wb", buffering=0) as f:
+                    _write_all(f, view)
+                # Atomic on POSIX: concurrent writers of one CID all rename whole,
+                # identical files over each other, and the last one wins harmlessly.
+                os.replace(tmp, path)
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
+        except OSError as exc:
+            raise StoreError(
+                f"Could not write a {view.nbytes}-byte block to {shard} ({exc.strerror}): "
+                "free some disk space or set DECLOUD_HOME to another folder."
+            ) from None
+        return cid
+
+    def get(self, cid: str) -> bytes:
+        """The bytes for ``cid``; IntegrityError if the file on disk no longer matches it."""
+        path = self.path_for(cid)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                data = f.read()  # one read sized by fstat: no intermediate copies
+                inode = os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            raise ContentNotFound(
+                f"The local store has no block {cid}: put the content first, or use the network that stored it."
+            ) from None
+        except OSError as exc:
+            raise StoreError(f"Could not read block {path} ({exc.strerror}): check the folder's permissions.") from None
+        if hashlib.sha256(data).digest() != parse_cid(path.name).digest:
+            moved = self._quarantine(path, inode)
+            raise IntegrityError(
+                f"The block file for {cid} is damaged (its bytes no longer match the CID)"
+                + (f" and was moved to {moved.name}" if moved else "")
+                + ": put the content again or fetch it from another copy."
+            )
+        return data
+
+    def has(self, cid: str) -> bool:
+        """Whether a block for ``cid`` is on disk (not re-hashed; ``get`` checks)."""
+        try:
+            return self.path_for(cid).is_file()
+        except ContentNotFound:
+            return False
+
+    def pin(self, cid: str) -> None:
+        """Nothing is ever collected here, so pinning only checks the block exists."""
+        if not self.has(cid):
+            raise ContentNotFound(f"Cannot pin {cid}: the local store has no such block; put the content first.")
+
+    def _name(self, cid: str) -> str:
+        p = parse_cid(cid)  # StoreError for strings that are not CIDs at all
+        if not (p.version == 1 and p.codec == RAW and p.hash_code == SHA2_256):
+            raise ContentNotFound(
+                f"The local store holds only single-block raw CIDs ('bafkrei...'), not {cid}: "
+                "fetch it from the IPFS node that returned it."
+            )
+        # The canonical text, so an upper-case or base58 spelling finds the same file.
+        return p.to_v1()
+
+    def _quarantine(self, path: Path, inode: int) -> Path | None:
+        """Move a damaged block aside so the next put rewrites it, unless a writer just replaced it."""
+        try:
+            if os.stat(path).st_ino != inode:
+                return None
+            fd, aside = tempfile.mkstemp(prefix=path.name + ".corrupt-", dir=path.parent)
+            os.close(fd)
+            os.replace(path, aside)
+            return Path(aside)
+        except OSError:
+            return None
+
+
+def _write_all(f: io.FileIO, view: memoryview) -> None:
+    """Write every byte; unbuffered writes may be partial on some file systems."""
+    written = 0
+    total = view.nbytes
+    while written < total:
+        n = f.write(view[written:])
+        if not n:
+            raise OSError(28, "No space left on device")
+        written += n
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,54 @@
+"""The embedded network's workers: a few ``Worker`` threads on the in-process chain.
+
+They share the notebook's process only for convenience; like any worker they
+reach the client solely through the market, the store and the live channel.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ..channel import LiveChannel
+from ..chain.embedded import EmbeddedChain
+from ..store.base import Store
+from .service import Worker, WorkerPolicy
+
+#: Two cores here: more sandboxes than that only queue on the CPU.
+DEFAULT_WORKERS = 3
+
+
+class LocalWorkerPool:
+    """Starts ``count`` workers on accounts 1..count of the embedded chain."""
+
+    def __init__(
+        self,
+        chain: EmbeddedChain,
+        store: Store,
+        channel: LiveChannel,
+        count: int = DEFAULT_WORKERS,
+        policy: WorkerPolicy | None = None,
+    ) -> None:
+        self.workers: list[Worker] = []
+        for index in range(1, count + 1):
+            wake = threading.Event()
+            chain.add_listener(wake)
+            worker = Worker(
+                chain.market(index),
+                store,
+                channel=channel,
+                policy=policy or WorkerPolicy(),
+                name=f"local-{index}",
+                wake=wake,
+            )
+            self.workers.append(worker)
+        self._chain = chain
+
+    def start(self) -> LocalWorkerPool:
+        for worker in self.workers:
+            worker.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for worker in self.workers:
+            worker.stop(timeout=timeout)
+            self._chain.remove_listener(worker.wake)

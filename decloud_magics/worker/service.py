@@ -1,0 +1,283 @@
+"""A worker: follows the market, claims tasks it accepts, runs them in the sandbox, settles them.
+
+The same class serves the embedded pool (threads in the notebook's process)
+and ``decloud worker`` (its own process on any machine): it only talks to the
+market, the store and the live channel, never to the client's memory.
+
+Handling one task is a template method: ``accepts`` → ``before_start`` (claim)
+→ ``execute`` (fetch, sandbox) → ``on_complete`` (store, submit) or
+``on_failure`` (release the seat so another worker can take it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from ..channel import LiveChannel, NullChannel
+from ..chain.market import ChainStatus, Market, MarketEvent
+from ..errors import DecloudError
+from ..store.base import Store
+
+log = logging.getLogger("decloud.worker")
+
+
+@dataclass(frozen=True)
+class TaskOffer:
+    """A task as announced by ``TaskCreated``."""
+
+    task_id: int
+    requester: str
+    price_wei: int
+    input_cid: str
+    deadline: int
+    timeout: int
+    lease: int
+    validators: int
+    cpus: int
+    memory_mb: int
+
+    @classmethod
+    def from_event(cls, event: MarketEvent) -> TaskOffer:
+        a = event.args
+        return cls(
+            task_id=int(a["taskId"]),
+            requester=str(a["requester"]),
+            price_wei=int(a["price"]),
+            input_cid=bytes(a["inputCid"]).decode(),
+            deadline=int(a["deadline"]),
+            timeout=int(a["timeout"]),
+            lease=int(a["lease"]),
+            validators=int(a["validators"]),
+            cpus=int(a["cpus"]),
+            memory_mb=int(a["memoryMb"]),
+        )
+
+    @property
+    def price_per_seat(self) -> int:
+        return self.price_wei // max(self.validators, 1)
+
+
+@dataclass
+class WorkerPolicy:
+    """What a worker is willing to do."""
+
+    min_price_wei: int = 0
+    max_timeout: int = 3600
+    max_memory_mb: int = 4096
+    slots: int = 1
+
+
+class Worker:
+    """Serves one account on one market until stopped."""
+
+    def __init__(
+        self,
+        market: Market,
+        store: Store,
+        *,
+        channel: LiveChannel | None = None,
+        policy: WorkerPolicy | None = None,
+        name: str | None = None,
+        wake: threading.Event | None = None,
+        poll_interval: float = 0.05,
+        backlog_blocks: int = 256,
+    ) -> None:
+        self.market = market
+        self.store = store
+        self.channel = channel or NullChannel()
+        self.policy = policy or WorkerPolicy()
+        self.name = name or market.account[:10]
+        self.wake = wake or threading.Event()
+        self.poll_interval = poll_interval
+        self.backlog_blocks = backlog_blocks
+        self.completed = 0
+        self.failed = 0
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._slots = threading.BoundedSemaphore(self.policy.slots)
+        self._pool = ThreadPoolExecutor(max_workers=self.policy.slots, thread_name_prefix=f"decloud-{self.name}")
+        self._offers: dict[int, TaskOffer] = {}  # tasks not yet settled, by id
+        self._leases: dict[int, int] = {}  # task id -> latest lease expiry seen (claimed by others)
+        self._held: set[int] = set()
+        self._seated: set[int] = set()  # tasks this worker already served: never claim twice
+        self._thread: threading.Thread | None = None
+
+    # -- life ----------------------------------------------------------------
+
+    def start(self) -> threading.Thread:
+        """Serve in a background thread (the embedded pool)."""
+        self._thread = threading.Thread(target=self.serve, name=f"decloud-worker-{self.name}", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def serve(self) -> None:
+        """Follow the market until ``stop()``; the loop of ``decloud worker``."""
+        try:
+            start_block = max(0, self.market.block_number() - self.backlog_blocks)
+            follower = self.market.follow(from_block=start_block)
+            log.info("worker %s serving %s as %s", self.name, self.market.address, self.market.account)
+            while not self._stop.is_set():
+                self.wake.clear()
+                try:
+                    for event in follower.poll():
+                        self._observe(event)
+                    self._offer_work()
+                except DecloudError as exc:
+                    log.warning("worker %s: %s", self.name, exc)
+                self.wake.wait(self.poll_interval)
+            follower.close()
+        finally:
+            self._stopped.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming; let held tasks finish (up to ``timeout``), then release what is left."""
+        self._stop.set()
+        self.wake.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        end = time.monotonic() + timeout
+        while self._held and time.monotonic() < end:
+            time.sleep(0.05)
+        for task_id in list(self._held):
+            try:
+                self.market.release(task_id)
+                log.info("worker %s released task %d on shutdown", self.name, task_id)
+            except DecloudError as exc:
+                log.warning("worker %s could not release task %d: %s", self.name, task_id, exc)
+        self._stopped.wait(max(0.0, end - time.monotonic()) + 1)
+
+    # -- following -----------------------------------------------------------
+
+    def _observe(self, event: MarketEvent) -> None:
+        task_id = event.task_id
+        if task_id is None:
+            return
+        if event.name == "TaskCreated":
+            self._offers[task_id] = TaskOffer.from_event(event)
+        elif event.name == "TaskClaimed":
+            self._leases[task_id] = int(event.args["leaseExpiry"])
+        elif event.name == "TaskReleased":
+            self._leases.pop(task_id, None)
+        elif event.name in ("TaskCompleted", "TaskCancelled", "TaskNotProcessed", "TaskDisputed", "TaskFailed"):
+            self._offers.pop(task_id, None)
+            self._leases.pop(task_id, None)
+
+    def _offer_work(self) -> None:
+        """Try the oldest acceptable tasks while a slot is free."""
+        now = int(time.time())
+        for task_id in sorted(self._offers):
+            if self._stop.is_set():
+                return
+            offer = self._offers.get(task_id)
+            if offer is None or task_id in self._held or task_id in self._seated:
+                continue
+            if offer.deadline < now:
+                self._offers.pop(task_id, None)
+                continue
+            lease = self._leases.get(task_id)
+            if lease is not None and lease >= now and offer.validators == 1:
+                continue  # someone holds it; look again when the lease runs out
+            if not self.accepts(offer):
+                continue
+            if not self._slots.acquire(blocking=False):
+                return
+            self._held.add(task_id)
+            self._pool.submit(self._handle, offer)
+
+    # -- one task (template method) -------------------------------------------
+
+    def accepts(self, offer: TaskOffer) -> bool:
+        p = self.policy
+        return (
+            offer.price_per_seat >= p.min_price_wei
+            and offer.timeout <= p.max_timeout
+            and offer.memory_mb <= p.max_memory_mb
+            and offer.requester != self.market.account
+        )
+
+    def _handle(self, offer: TaskOffer) -> None:
+        try:
+            if not self.before_start(offer):
+                return
+            try:
+                result = self.execute(offer)
+            except Exception as exc:  # the worker must outlive anything one task does
+                self.on_failure(offer, exc)
+            else:
+                self.on_complete(offer, result)
+        finally:
+            self._held.discard(offer.task_id)
+            self._slots.release()
+            self.wake.set()
+
+    def before_start(self, offer: TaskOffer) -> bool:
+        """Claim a seat. Losing the race to another worker is normal, not an error."""
+        try:
+            self.market.claim(offer.task_id)
+        except DecloudError as exc:
+            log.debug("worker %s did not get task %d: %s", self.name, offer.task_id, exc)
+            self._refresh(offer)
+            return False
+        self._seated.add(offer.task_id)
+        log.info("worker %s claimed task %d", self.name, offer.task_id)
+        self.channel.publish(offer.task_id, "running", {"worker": self.market.account})
+        return True
+
+    def execute(self, offer: TaskOffer) -> bytes:
+        """Fetch the package (verified by its CID) and run it in a fresh sandbox process."""
+        from .sandbox import SandboxLimits, run_in_sandbox
+
+        package = self.store.get(offer.input_cid)
+        limits = SandboxLimits(memory_mb=max(256, min(offer.memory_mb, self.policy.max_memory_mb)))
+
+        def forward(line: str) -> None:
+            self.channel.publish(offer.task_id, "stdout", {"line": line, "worker": self.market.account})
+
+        return run_in_sandbox(package, timeout=float(offer.timeout), limits=limits, on_stdout=forward)
+
+    def on_complete(self, offer: TaskOffer, result: bytes) -> None:
+        """Store the result and settle: a result the sandbox cut short refunds the requester."""
+        from ..package import decode_result, result_digest
+
+        parsed = decode_result(result)
+        cid = self.store.put(result)
+        digest = result_digest(result)
+        try:
+            if parsed.failure:
+                self.market.report_failure(offer.task_id, digest, cid)
+                self.failed += 1
+                log.info("worker %s: task %d failed in the sandbox: %s", self.name, offer.task_id, parsed.failure)
+            else:
+                self.market.submit_result(offer.task_id, digest, cid)
+                self.completed += 1
+                log.info("worker %s completed task %d -> %s", self.name, offer.task_id, cid)
+        except DecloudError as exc:
+            log.warning("worker %s could not settle task %d: %s", self.name, offer.task_id, exc)
+
+    def on_failure(self, offer: TaskOffer, exc: BaseException) -> None:
+        """Something outside the task broke (store down, bad package): give the seat back."""
+        log.warning("worker %s could not run task %d: %s", self.name, offer.task_id, exc)
+        self.channel.publish(offer.task_id, "note", {"message": f"worker {self.name} gave the task back: {exc}"})
+        try:
+            self.market.release(offer.task_id)
+            self._seated.discard(offer.task_id)
+        except DecloudError as release_exc:
+            log.warning("worker %s could not release task %d: %s", self.name, offer.task_id, release_exc)
+
+    def _refresh(self, offer: TaskOffer) -> None:
+        """After a lost claim, learn from the chain whether the task is still worth watching."""
+        try:
+            task = self.market.get_task(offer.task_id)
+        except DecloudError:
+            return
+        if task.status not in (ChainStatus.OPEN, ChainStatus.CLAIMED):
+            self._offers.pop(offer.task_id, None)
+        elif offer.task_id not in self._leases:
+            self._leases[offer.task_id] = int(time.time()) + offer.lease
+
+    def stats(self) -> dict[str, Any]:
+        return {"name": self.name, "account": self.market.account, "completed": self.completed, "failed": self.failed}

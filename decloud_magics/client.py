@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,7 @@ class Client:
         self._live: queue.SimpleQueue[tuple[int, str, dict[str, Any]]] = queue.SimpleQueue()
         self._lock = threading.RLock()
         self._closed = threading.Event()
+        self._next_deadline_check = 0.0
         self._follower = self.conn.market.follow(from_block=self.conn.market.block_number())
         self._unsubscribe = self.conn.channel.subscribe(self._on_live)
         self._watcher = threading.Thread(target=self._watch, name="decloud-client-watcher", daemon=True)
@@ -166,7 +168,8 @@ class Client:
         run.gas_used += outcome.gas_used
         run.gas_cost_wei += outcome.gas_cost_wei
         self.ledger.update_run(
-            run_id, task_id=task_id, input_cid=run.input_cid, deadline=float(deadline), contract=market.address
+            run_id, task_id=task_id, input_cid=run.input_cid, contract=market.address,
+            deadline=datetime.fromtimestamp(deadline, timezone.utc),
         )
         run._emit(
             EventKind.CREATED,
@@ -296,9 +299,11 @@ class Client:
         """Past its deadline with no result, a task is not processed: take the escrow back."""
         with self._lock:
             waiting = [r for r in self._by_task.values() if not r.done() and r.deadline is not None]
-        if not waiting:
+        if not waiting or time.monotonic() < self._next_deadline_check:
             return
-        now = time.time()
+        self._next_deadline_check = time.monotonic() + 0.5
+        # Deadlines are judged by the chain's clock, which may run ahead of ours.
+        now = max(time.time(), self.conn.market.chain_time())
         for run in waiting:
             if run.deadline is not None and now > run.deadline + 1 and run.task_id is not None:
                 try:
@@ -361,7 +366,8 @@ class Client:
                 )
             data = {"refund": run.refunded_wei}
         self.ledger.update_run(run.id, refunded_wei=run.refunded_wei, error=message)
-        run._finish(kind, failure=RunFailed(f"Run {run.id}: {message}."), message=message, data=data, **where)
+        run._finish(kind, failure=RunFailed(f"Run {run.id}: {message.rstrip('.')}."), message=message, data=data,
+                    **where)
 
     def load_result(self, run: Run, cid: str | None, digest: bytes) -> Result:
         """Read a result from the store and verify it; never trusts a cache."""

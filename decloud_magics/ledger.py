@@ -335,7 +335,7 @@ class Ledger:
             conn.executemany(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({placeholders})", rows)
         return len(rows)
 
-    def update_run(self, run_id: str, **fields: Any) -> None:
+    def update_run(self, run_id: str, /, **fields: Any) -> None:
         """Change some columns of one run, e.g. ``update_run(rid, status=Status.RUNNING)``.
 
         Only column names of the ``runs`` table are accepted, so a typo is a
@@ -406,7 +406,7 @@ class Ledger:
 
     # -- events -----------------------------------------------------------
 
-    def add_event(self, event: RunEvent, **run_fields: Any) -> None:
+    def add_event(self, event: RunEvent, /, **run_fields: Any) -> None:
         """Append one event of a run; money is stored as wei text.
 
         ``run_fields`` (as for :meth:`update_run`) are applied to the run in

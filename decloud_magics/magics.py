@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 def _names(text: str | None) -> list[str] | None:
     if text is None:
         return None
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    # magic_arguments keeps quotes: `--out ''` means "bring nothing back"
+    names = [n.strip().strip("'\"") for n in text.split(",")]
+    names = [n for n in names if n]
     for name in names:
         if not name.isidentifier():
             raise UsageError(f"'{name}' is not a Python variable name (give names separated by commas).")
@@ -124,6 +126,10 @@ class DecloudMagics(Magics):
         command = words[0] if words else ""
         rest = line.strip()[len(command) :]
         try:
+            if command not in ("run", "wait", "runs", "network", "", "help"):
+                raise UsageError(
+                    f"Unknown subcommand '{command}': use one of run, wait, runs, network (see %decloud?)."
+                )
             if command == "run":
                 if cell is None:
                     raise UsageError("`run` runs a cell: write %%decloud run on the first line of a cell.")
@@ -136,12 +142,8 @@ class DecloudMagics(Magics):
                 return self.list_runs()
             if command == "network":
                 return self.network_command(rest)
-            if command in ("", "help"):
-                print(self.decloud.__doc__)
-                return None
-            raise UsageError(
-                f"Unknown subcommand '{command}': use one of run, wait, runs, network (see %decloud?)."
-            )
+            print(self.decloud.__doc__)
+            return None
         except UsageError as exc:
             raise IPythonUsageError(str(exc)) from None
 

@@ -53,8 +53,8 @@ def install_command(tools_dir: Path) -> list[str]:
 
 
 def install_hint(tools_dir: Path) -> str:
-    """The command to show users, so a skip or an error says exactly what to run."""
-    return " ".join(install_command(tools_dir))
+    """The one command to show users, so a skip or an error says exactly what to run."""
+    return f"{Path(sys.executable).name} -m decloud_magics.devnet.ipfs_node install --tools {tools_dir}"
 
 
 def default_tools_dir() -> Path:
@@ -90,7 +90,7 @@ def ensure_ipfs_installed(tools_dir: Path, progress: Callable[[str], None] | Non
     if shutil.which("npm") is None:
         raise ConfigError(
             "npm was not found on PATH, and the devnet IPFS node is installed with it: install Node.js 20 or newer "
-            f"with npm, then run: {install_hint(tools_dir)}"
+            "with npm, then run this again."
         )
     tools_dir.mkdir(parents=True, exist_ok=True)
     with _install_lock(tools_dir):
@@ -162,6 +162,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a just-stopped node's TIME_WAIT is fine
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class IpfsNode:
     """One js-ipfs daemon, offline and bound to localhost, owning ``repo``."""
 
@@ -195,20 +205,30 @@ class IpfsNode:
         return self.pid is not None
 
     def start(self, timeout: float = 60.0) -> None:
-        """Init the repo if new, write its config, start the daemon and wait until its API answers."""
+        """Init the repo if new, write its config, start the daemon and wait until its API answers.
+
+        The repo has one owner: a daemon an earlier process left running on it
+        is stopped first, so the config just written is the one in force.
+        """
         if self.is_running():
             return
         if not ipfs_installed(self.tools_dir):
             raise ConfigError(
                 f"js-ipfs is not installed in {self.tools_dir}: run `{install_hint(self.tools_dir)}` "
-                "(about 3 minutes, once), or call ensure_ipfs_installed()."
+                "(npm, about 3 minutes, once)."
             )
         deadline = time.monotonic() + timeout
         self.repo.mkdir(parents=True, exist_ok=True)
         self._stop_leftover()
         if not (self.repo / "config").is_file():
             self._cli(["init", "--profile", "test"], timeout=max(5.0, deadline - time.monotonic()))
-        self._write_config()
+        peer_id = self._write_config()
+        for port in (self.api_port, self.gateway_port):
+            if not _port_free(port):
+                raise ConfigError(
+                    f"Port {port} on 127.0.0.1 is taken by another program: stop it, or give the IPFS node "
+                    "other ports (0 picks free ones)."
+                )
         with open(self.log_path, "ab") as log:
             log.write(f"\n--- starting js-ipfs daemon, API {self.api_url} ---\n".encode())
             log.flush()
@@ -222,7 +242,7 @@ class IpfsNode:
                 start_new_session=True,  # its own process group, so stop() reaches every child
             )
         self._pid_file.write_text(str(self._proc.pid))
-        self._wait_ready(deadline, timeout)
+        self._wait_ready(deadline, timeout, peer_id)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the daemon and everything it started; SIGKILL if SIGTERM is ignored."""
@@ -258,13 +278,16 @@ class IpfsNode:
             except subprocess.TimeoutExpired:
                 rc = -1
         if rc != 0:
-            raise NetworkUnreachable(
+            raise ConfigError(
                 f"`jsipfs {' '.join(args)}` failed for the repo {self.repo}: see {self.log_path}, "
                 "or delete the repo folder to start afresh.\n" + _tail(self.log_path)
             )
 
-    def _write_config(self) -> None:
-        """Set addresses and routing in the repo's JSON config (one write instead of five CLI runs of ~1 s)."""
+    def _write_config(self) -> str:
+        """Set addresses and routing in the repo's JSON config; return the node's peer ID.
+
+        One file write instead of five ``jsipfs config`` runs of ~1 s each.
+        """
         path = self.repo / "config"
         config = json.loads(path.read_text())
         addresses = config.setdefault("Addresses", {})
@@ -278,8 +301,10 @@ class IpfsNode:
         tmp = path.with_name("config.tmp")
         tmp.write_text(json.dumps(config, indent=2))
         os.replace(tmp, path)
+        return str(config.get("Identity", {}).get("PeerID", ""))
 
-    def _wait_ready(self, deadline: float, timeout: float) -> None:
+    def _wait_ready(self, deadline: float, timeout: float, peer_id: str) -> None:
+        """Poll ``/api/v0/id`` until our daemon answers (its peer ID, not some other node's)."""
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy: it is localhost
         url = f"{self.api_url}/api/v0/id"
         while True:
@@ -292,9 +317,9 @@ class IpfsNode:
                 )
             try:
                 with opener.open(urllib.request.Request(url, data=b"", method="POST"), timeout=2) as resp:
-                    if resp.status == 200:
+                    if resp.status == 200 and json.loads(resp.read()).get("ID") in (peer_id, None, ""):
                         return
-            except (urllib.error.URLError, OSError):
+            except (urllib.error.URLError, OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
                 self.stop()
@@ -311,14 +336,15 @@ class IpfsNode:
         20 s; we own the repo, so once no daemon runs the lock is ours to drop.
         """
         pid = _read_pid(self._pid_file)
-        if pid is not None and _is_our_daemon(pid):
+        if pid is not None and _is_our_daemon(pid, self.repo):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
             end = time.monotonic() + timeout
-            while _is_our_daemon(pid) and time.monotonic() < end:
+            while _is_our_daemon(pid, self.repo) and time.monotonic() < end:
                 time.sleep(0.1)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+            if _is_our_daemon(pid, self.repo):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
         for name in ("repo.lock", "api"):
             target = self.repo / name
             if target.is_dir():
@@ -335,13 +361,16 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _is_our_daemon(pid: int) -> bool:
-    """True only for a live js-ipfs daemon, so a recycled pid is never killed."""
+def _is_our_daemon(pid: int, repo: Path) -> bool:
+    """True only for a live daemon leading its own group in ``repo``, so a recycled pid is never killed.
+
+    js-ipfs renames its process to ``ipfs``, so the command line cannot tell;
+    its working directory (set by ``start``) can.
+    """
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return os.getpgid(pid) == pid and Path(os.readlink(f"/proc/{pid}/cwd")) == repo
     except OSError:
         return False
-    return b"cli.js" in cmdline and b"daemon" in cmdline
 
 
 def _kill_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -365,15 +394,22 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-__all__ = [
-    "IPFS_VERSION",
-    "IpfsNode",
-    "default_tools_dir",
-    "ensure_ipfs_installed",
-    "free_port",
-    "install_command",
-    "install_hint",
-    "ipfs_cli",
-    "ipfs_installed",
-    "node_binary",
-]
+def main(argv: list[str] | None = None) -> int:
+    """``python -m decloud_magics.devnet.ipfs_node install [--tools DIR]``: the one-time set-up by hand."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m decloud_magics.devnet.ipfs_node")
+    parser.add_argument("action", choices=["install"])
+    parser.add_argument("--tools", type=Path, default=None, help="install folder (default: DECLOUD_TOOLS or decloud home)")
+    args = parser.parse_args(argv)
+    try:
+        print(ensure_ipfs_installed(args.tools or default_tools_dir()))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

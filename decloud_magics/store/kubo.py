@@ -58,12 +58,14 @@ class KuboStore:
         retries: int = 3,
         *,
         connect_timeout: float = 5.0,
+        lookup_timeout: float = 2.0,
         backoff: float = 0.25,
     ) -> None:
         self.api_url = _http_url(api_url)
         self.timeout = float(timeout)
         self.retries = max(0, int(retries))
         self.connect_timeout = min(float(connect_timeout), self.timeout)
+        self.lookup_timeout = float(lookup_timeout)
         self.backoff = float(backoff)
         # One session per thread: workers share a store across threads, and a
         # requests.Session is not documented as thread-safe.
@@ -96,10 +98,11 @@ class KuboStore:
         resp = self._call(
             "add", params, body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}, what="add content"
         )
-        parsed = parse_cid(_added_cid(resp.text, self.api_url))  # a node answering garbage fails here
+        answer = _added_cid(resp.text, self.api_url)
+        parsed = parse_cid(answer)  # a node answering garbage fails here, not at the next get
         # js-ipfs writes CIDv1 in base58btc ("zb2r..."), Kubo in base32: one spelling
         # everywhere keeps CIDs comparable as strings across stores and the chain.
-        cid = parsed.to_v1() if parsed.version == 1 else _added_cid(resp.text, self.api_url)
+        cid = parsed.to_v1() if parsed.version == 1 else answer
         if size <= SINGLE_BLOCK_MAX:
             expected = cid_for(data)
             if cid != expected:
@@ -112,7 +115,7 @@ class KuboStore:
     def get(self, cid: str) -> bytes:
         """The content for ``cid`` from the node, re-hashed here when the CID allows it."""
         parse_cid(cid)
-        resp = self._call("cat", {"arg": cid}, stream=True, what=f"return {cid}")
+        resp = self._call("cat", {"arg": cid}, stream=True, what=f"return {cid}", lookup=self.timeout)
         try:
             buf = bytearray()
             for chunk in resp.iter_content(chunk_size=1024 * 1024):
@@ -125,14 +128,35 @@ class KuboStore:
         finally:
             resp.close()
         data = bytes(buf)
-        verify(cid, data)
+        if not verify(cid, data):
+            self._check_size(cid, len(data))
         return data
 
+    def _check_size(self, cid: str, got: int) -> None:
+        """Catch a cut-short multi-block answer, which would otherwise pass unnoticed.
+
+        A node that fails mid-``cat`` (a timeout, a lost block) has already sent
+        200 and reports the error only in an HTTP trailer, which ``requests``
+        drops; the stream just ends early. The file's size from ``files/stat``
+        tells a whole answer from a truncated one.
+        """
+        stat = self._call("files/stat", {"arg": f"/ipfs/{cid}"}, what=f"report the size of {cid}", lookup=self.timeout)
+        size = stat.json().get("Size")
+        if isinstance(size, int) and size != got:
+            raise IntegrityError(
+                f"The IPFS node at {self.api_url} sent {got} of the {size} bytes of {cid}: it stopped mid-answer "
+                f"(perhaps the {self.timeout:g} s timeout), so try again or pass a longer timeout."
+            )
+
     def has(self, cid: str) -> bool:
-        """Whether the node holds the block locally (asked offline: no network search)."""
+        """Whether the node holds the block locally, without searching the network.
+
+        Kubo answers ``offline=true`` at once; js-ipfs ignores it and waits for
+        peers even when offline, so a missing block costs ``lookup_timeout``.
+        """
         parse_cid(cid)
         try:
-            self._call("block/stat", {"arg": cid, "offline": "true"}, what=f"look up {cid}")
+            self._call("block/stat", {"arg": cid, "offline": "true"}, what=f"look up {cid}", lookup=self.lookup_timeout)
         except ContentNotFound:
             return False
         return True
@@ -140,7 +164,7 @@ class KuboStore:
     def pin(self, cid: str) -> None:
         """Pin ``cid`` so the node's garbage collector keeps it."""
         parse_cid(cid)
-        self._call("pin/add", {"arg": cid}, what=f"pin {cid}")
+        self._call("pin/add", {"arg": cid}, what=f"pin {cid}", lookup=self.timeout)
 
     # -- node information ---------------------------------------------------------
 
@@ -198,9 +222,20 @@ class KuboStore:
         headers: dict[str, str] | None = None,
         stream: bool = False,
         retries: int | None = None,
+        lookup: float | None = None,
     ) -> requests.Response:
-        """POST one RPC call; retry connection failures and server faults with backoff."""
+        """POST one RPC call; retry connection failures and server faults with backoff.
+
+        ``lookup`` is for calls that may search for content: the node is told to
+        give up after that many seconds (an online node would search forever for
+        a CID nobody has), and we wait a little longer than it does.
+        """
         import requests
+
+        read_timeout = self.timeout
+        if lookup is not None:
+            params = {**params, "timeout": f"{max(1, int(lookup * 1000))}ms"}
+            read_timeout = lookup + 5.0
 
         url = f"{self.api_url}/api/v0/{endpoint}"
         attempts = 1 + (self.retries if retries is None else retries)
@@ -210,7 +245,7 @@ class KuboStore:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
                 resp = self._session().post(
-                    url, params=params, data=body, headers=headers, stream=stream, timeout=(self.connect_timeout, self.timeout)
+                    url, params=params, data=body, headers=headers, stream=stream, timeout=(self.connect_timeout, read_timeout)
                 )
             except requests.exceptions.ConnectionError:
                 failure = "down"
@@ -219,7 +254,7 @@ class KuboStore:
                 # The node took the request but is silent: retrying would only
                 # multiply the wait the caller already chose.
                 raise NetworkUnreachable(
-                    f"The IPFS node at {self.api_url} did not {what} within {self.timeout:g} s: "
+                    f"The IPFS node at {self.api_url} did not {what} within {read_timeout:g} s: "
                     "check that it is not overloaded, or pass a longer timeout."
                 ) from None
             if resp.status_code < 400:
@@ -230,7 +265,7 @@ class KuboStore:
                 resp.close()
                 continue  # a crash or a proxy fault, not an answer: worth another try
             resp.close()
-            _raise_for_answer(self.api_url, what, resp.status_code, message or resp.reason)
+            _raise_for_answer(self.api_url, what, resp.status_code, message or resp.reason, lookup)
         if failure == "down":
             raise NetworkUnreachable(
                 f"The IPFS node at {self.api_url} did not answer: start it (decloud devnet up) "
@@ -253,8 +288,13 @@ def _node_message(resp: requests.Response) -> str | None:
     return None
 
 
-def _raise_for_answer(api_url: str, what: str, status: int, message: str) -> None:
+def _raise_for_answer(api_url: str, what: str, status: int, message: str, lookup: float | None) -> None:
     lowered = message.lower()
+    if lookup is not None and "timed out" in lowered:
+        raise ContentNotFound(
+            f"The IPFS node at {api_url} could not {what}: it found no copy within {lookup:g} s; "
+            "put the content first, or use the network whose node stored it."
+        )
     if any(w in lowered for w in _NOT_FOUND_WORDS):
         raise ContentNotFound(f"The IPFS node at {api_url} could not {what}: it does not hold that content ({message}).")
     if "invalid" in lowered and "cid" in lowered:

@@ -129,6 +129,10 @@ class Worker:
                     self._offer_work()
                 except DecloudError as exc:
                     log.warning("worker %s: %s", self.name, exc)
+                except RuntimeError:  # the interpreter is shutting down under a daemon thread
+                    break
+                except Exception:  # a worker outlives its own bugs; the log says what broke
+                    log.exception("worker %s: unexpected error", self.name)
                 self.wake.wait(self.poll_interval)
             follower.close()
         finally:
@@ -168,7 +172,10 @@ class Worker:
 
     def _offer_work(self) -> None:
         """Try the oldest acceptable tasks while a slot is free."""
-        now = int(time.time())
+        if not self._offers:
+            return
+        # Deadlines and leases are judged by the chain's clock, which may run ahead of ours.
+        now = max(int(time.time()), self.market.chain_time())
         for task_id in sorted(self._offers):
             if self._stop.is_set():
                 return

@@ -1,0 +1,407 @@
+"""Task and result packages: the bytes that travel through the content store.
+
+One container format serves both directions::
+
+    b"DCLD" + version byte + 4-byte big-endian manifest length
+    + manifest (JSON, sorted keys, compact, UTF-8)
+    + blobs (concatenated; the manifest gives each one's offset, length, sha256)
+    [+ results only: 4-byte length + JSON trailer with timings]
+
+Encoding is deterministic, so two honest workers that run the same
+deterministic cell produce byte-identical bodies and equal ``result_digest``s,
+which is what validators compare on chain. Whatever differs between honest
+runs (timings, how the sandbox was isolated) lives in the trailer, outside the
+digest. Parsing assumes hostile bytes: every length is bounds-checked, every
+field type-checked, and nothing here ever unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import keyword
+import re
+import sys
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .analysis import cell_names
+from .codecs import MB, Encoded, check_size, decode_value, encode_value
+from .errors import IntegrityError, SerializationError, UnsafeValueError, UsageError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "DEFAULT_MAX_INPUT_BYTES",
+    "TaskPackage",
+    "RemoteErrorInfo",
+    "ResultPackage",
+    "build_task_package",
+    "encode_task",
+    "decode_task",
+    "encode_result",
+    "decode_result",
+    "result_digest",
+    "decode_values",
+    "is_ipython_name",
+]
+
+FORMAT_VERSION = 1
+MAGIC = b"DCLD"
+DEFAULT_MAX_INPUT_BYTES = 100 * MB
+_PREFIX = 9  # magic, version, manifest length
+_MAX_MANIFEST = 64 * MB
+_IPYTHON_NAMES = frozenset({"_", "__", "___", "In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh"})
+_IPYTHON_HISTORY = re.compile(r"^_(i{1,3}|i?\d+)$")
+
+
+@dataclass
+class TaskPackage:
+    """What a worker needs to run one cell.
+
+    ``outputs`` None means every name the cell binds; ``allow_pickle_outputs``
+    comes from the user's ``--trust-pickle`` and lets the worker return values
+    that only pickle can carry.
+    """
+
+    code: str
+    inputs: dict[str, Encoded] = field(default_factory=dict)
+    outputs: tuple[str, ...] | None = None
+    allow_pickle_outputs: bool = False
+    python: str = f"{sys.version_info.major}.{sys.version_info.minor}"
+    name: str | None = None
+
+
+@dataclass
+class RemoteErrorInfo:
+    """The cell's exception: the user's frames only, numbered like the cell's lines."""
+
+    ename: str
+    evalue: str
+    traceback: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ResultPackage:
+    """What a run produced. Untrusted when it arrives: decode values with ``decode_values``.
+
+    ``timings`` and ``sandbox`` (how the worker isolated the run) differ between
+    honest workers, so they sit outside ``result_digest``.
+    """
+
+    stdout: str = ""
+    stderr: str = ""
+    displays: list[dict[str, Any]] = field(default_factory=list)
+    values: dict[str, Encoded] = field(default_factory=dict)
+    value_errors: dict[str, str] = field(default_factory=dict)
+    error: RemoteErrorInfo | None = None
+    exit_status: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    truncated: dict[str, bool] = field(default_factory=dict)
+    failure: str | None = None
+    sandbox: dict[str, Any] = field(default_factory=dict)
+
+
+def is_ipython_name(name: str) -> bool:
+    """True for names IPython puts in a namespace (``_``, ``In``, ``_i3``, dunders): never a cell's data."""
+    return name in _IPYTHON_NAMES or bool(_IPYTHON_HISTORY.match(name)) or (name.startswith("__") and name.endswith("__"))
+
+
+def build_task_package(
+    code: str,
+    namespace: Mapping[str, Any],
+    *,
+    inputs: Sequence[str] | None = None,
+    outputs: Sequence[str] | None = None,
+    trust_pickle: bool = False,
+    name: str | None = None,
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+) -> tuple[TaskPackage, bytes]:
+    """Package a cell and the notebook variables it reads; nothing is sent on error.
+
+    Inputs default to the names the cell reads that the notebook defines;
+    ``inputs`` (the user's ``--in``) replaces that choice. Inputs may be
+    pickled: they are the requester's own data and are unpickled only inside
+    the worker's sandbox.
+
+    >>> pkg, data = build_task_package("y = x * 2", {"x": 21})
+    >>> list(pkg.inputs), data[:5]
+    (['x'], b'DCLD\\x01')
+    """
+    names = cell_names(code)  # raises UsageError for syntax errors and IPython-only lines
+    if inputs is None:
+        chosen = [n for n in (*names.reads, *names.builtins) if n in namespace and not is_ipython_name(n)]
+    else:
+        chosen = list(dict.fromkeys(inputs))
+        _check_identifiers("--in", chosen)
+        missing = [n for n in chosen if n not in namespace]
+        if missing:
+            listed = ", ".join(f"'{n}'" for n in missing)
+            which = "which is" if len(missing) == 1 else "which are"
+            raise UsageError(f"--in names {listed}, {which} not defined in the notebook.")
+    if outputs is not None:
+        outputs = tuple(dict.fromkeys(outputs))
+        _check_identifiers("--out", outputs)
+    encoded: dict[str, Encoded] = {}
+    for var in chosen:
+        enc = encode_value(var, namespace[var], allow_pickle=True, role="input")
+        check_size(var, enc, max_input_bytes)
+        encoded[var] = enc
+    total = sum(len(e.data) for e in encoded.values())
+    if total > max_input_bytes:
+        biggest = ", ".join(f"'{n}' {len(e.data) / MB:.1f} MB" for n, e in sorted(encoded.items(), key=lambda i: -len(i[1].data))[:3])
+        raise SerializationError(
+            f"The inputs total {total / MB:.1f} MB (largest: {biggest}), over the {max_input_bytes / MB:.1f} MB limit: "
+            "leave some out with --in, raise DecloudMagics.max_input_mb or pass smaller values."
+        )
+    pkg = TaskPackage(code, encoded, outputs, bool(trust_pickle), name=name)
+    return pkg, encode_task(pkg)
+
+
+def _check_identifiers(flag: str, names: Sequence[str]) -> None:
+    for var in names:
+        if not isinstance(var, str) or not var.isidentifier() or keyword.iskeyword(var):
+            raise UsageError(f"{flag} names '{var}', which is not a Python variable name.")
+
+
+def encode_task(pkg: TaskPackage) -> bytes:
+    """The task as deterministic bytes, ready for the content store."""
+    manifest = {
+        "kind": "task",
+        "code": pkg.code,
+        "outputs": None if pkg.outputs is None else list(pkg.outputs),
+        "allow_pickle_outputs": bool(pkg.allow_pickle_outputs),
+        "python": pkg.python,
+        "name": pkg.name,
+    }
+    blobs = [({"role": "input", "name": n, "codec": e.codec, "type_name": e.type_name}, e.data) for n, e in pkg.inputs.items()]
+    return _pack(manifest, blobs, trailer=None)
+
+
+def decode_task(data: bytes) -> TaskPackage:
+    """Parse task bytes; raises ``IntegrityError``/``SerializationError``, never unpickles."""
+    manifest, blobs, _trailer, _end = _unpack(data, "task")
+    outputs = _get(manifest, "outputs", (list, type(None)), "task")
+    if outputs is not None:
+        outputs = tuple(_name(o, "task") for o in outputs)
+    inputs = {}
+    for entry, blob in blobs:
+        if entry.get("role") != "input":
+            raise _damaged("task", "a blob has an unknown role")
+        inputs[_name(entry.get("name"), "task")] = _encoded(entry, blob)
+    return TaskPackage(
+        code=_get(manifest, "code", str, "task"),
+        inputs=inputs,
+        outputs=outputs,
+        allow_pickle_outputs=_get(manifest, "allow_pickle_outputs", bool, "task"),
+        python=_get(manifest, "python", str, "task"),
+        name=_get(manifest, "name", (str, type(None)), "task"),
+    )
+
+
+def encode_result(res: ResultPackage) -> bytes:
+    """The result as bytes: a deterministic body, then the timings trailer."""
+    error = None if res.error is None else {"ename": res.error.ename, "evalue": res.error.evalue, "traceback": list(res.error.traceback)}
+    manifest = {
+        "kind": "result",
+        "exit_status": int(res.exit_status),
+        "failure": res.failure,
+        "error": error,
+        "truncated": {k: bool(v) for k, v in res.truncated.items()},
+        "value_errors": dict(res.value_errors),
+    }
+    displays = json.dumps(res.displays, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    blobs = [
+        ({"role": "stdout"}, res.stdout.encode("utf-8", "replace")),
+        ({"role": "stderr"}, res.stderr.encode("utf-8", "replace")),
+        ({"role": "displays"}, displays),
+    ]
+    blobs += [({"role": "value", "name": n, "codec": e.codec, "type_name": e.type_name}, e.data) for n, e in res.values.items()]
+    trailer = {"timings": {k: float(v) for k, v in res.timings.items()}, "sandbox": dict(res.sandbox)}
+    return _pack(manifest, blobs, trailer)
+
+
+def decode_result(data: bytes) -> ResultPackage:
+    """Parse result bytes from a worker; raises ``IntegrityError``/``SerializationError`` only."""
+    manifest, blobs, trailer, _end = _unpack(data, "result")
+    res = ResultPackage(
+        exit_status=_get(manifest, "exit_status", int, "result"),
+        failure=_get(manifest, "failure", (str, type(None)), "result"),
+    )
+    truncated = _get(manifest, "truncated", dict, "result")
+    res.truncated = {str(k): v for k, v in truncated.items() if isinstance(v, bool)}
+    value_errors = _get(manifest, "value_errors", dict, "result")
+    res.value_errors = {_name(k, "result"): str(v) for k, v in value_errors.items()}
+    error = _get(manifest, "error", (dict, type(None)), "result")
+    if error is not None:
+        tb = _get(error, "traceback", list, "result")
+        res.error = RemoteErrorInfo(_get(error, "ename", str, "result"), _get(error, "evalue", str, "result"), [str(t) for t in tb])
+    for entry, blob in blobs:
+        role = entry.get("role")
+        if role in ("stdout", "stderr"):
+            setattr(res, role, bytes(blob).decode("utf-8", "replace"))
+        elif role == "displays":
+            res.displays = _displays(blob)
+        elif role == "value":
+            res.values[_name(entry.get("name"), "result")] = _encoded(entry, blob)
+        else:
+            raise _damaged("result", "a blob has an unknown role")
+    if trailer is not None:
+        timings = trailer.get("timings", {})
+        if isinstance(timings, dict):
+            res.timings = {str(k): float(v) for k, v in timings.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if isinstance(trailer.get("sandbox"), dict):
+            res.sandbox = trailer["sandbox"]
+    return res
+
+
+def result_digest(data: bytes) -> bytes:
+    """sha256 of a result's deterministic body (manifest and blobs, not the timings trailer).
+
+    Honest workers running the same deterministic cell produce equal digests;
+    this is the value a worker submits on chain and a client checks.
+    """
+    _manifest, _blobs, _trailer, end = _unpack(data, "result", verify=False)
+    return hashlib.sha256(memoryview(data)[:end]).digest()
+
+
+def decode_values(
+    res: ResultPackage,
+    *,
+    trust_pickle: bool,
+    errors: dict[str, str] | None = None,
+    only: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """The result's variables as Python objects.
+
+    Without ``trust_pickle`` a pickled value raises ``UnsafeValueError``; pass
+    an ``errors`` dict to collect such sentences per name instead and keep the
+    values that did decode. ``only`` drops names the caller did not ask for, so
+    a worker cannot plant unexpected names in the notebook.
+    """
+    values: dict[str, Any] = {}
+    for var, enc in res.values.items():
+        if only is not None and var not in only:
+            if errors is not None:
+                errors[var] = f"'{var}' was not requested from the worker, so it was ignored."
+            continue
+        try:
+            values[var] = decode_value(var, enc, allow_pickle=trust_pickle)
+        except (UnsafeValueError, SerializationError) as exc:
+            if errors is None:
+                raise
+            errors[var] = str(exc)
+    return values
+
+
+# -- the container -----------------------------------------------------------
+
+
+def _pack(manifest: dict[str, Any], blobs: list[tuple[dict[str, Any], bytes]], trailer: dict[str, Any] | None) -> bytes:
+    entries, offset = [], 0
+    for entry, data in blobs:
+        entries.append({**entry, "offset": offset, "length": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        offset += len(data)
+    head = _json_bytes({**manifest, "format": FORMAT_VERSION, "blobs": entries})
+    parts: list[Any] = [MAGIC, bytes([FORMAT_VERSION]), len(head).to_bytes(4, "big"), head, *(d for _, d in blobs)]
+    if trailer is not None:
+        tail = _json_bytes(trailer)
+        parts += [len(tail).to_bytes(4, "big"), tail]
+    return b"".join(parts)  # one copy of every blob, straight into the package
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _unpack(
+    data: bytes, kind: str, verify: bool = True
+) -> tuple[dict[str, Any], list[tuple[dict[str, Any], memoryview]], dict[str, Any] | None, int]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SerializationError(f"A {kind} package must be bytes, not {type(data).__name__}.")
+    view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+    if len(view) < _PREFIX or bytes(view[:4]) != MAGIC:
+        raise IntegrityError(f"These bytes are not a decloud {kind} package (the header is missing); the content store returned something else.")
+    version = view[4]
+    if version != FORMAT_VERSION:
+        raise SerializationError(
+            f"This {kind} package uses format version {version}, which this decloud_magics cannot read; upgrade decloud_magics."
+        )
+    length = int.from_bytes(view[5:9], "big")
+    if length > _MAX_MANIFEST or _PREFIX + length > len(view):
+        raise _damaged(kind, "its manifest length points past the end")
+    try:
+        manifest = json.loads(bytes(view[_PREFIX : _PREFIX + length]).decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise _damaged(kind, "its manifest is not valid JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != kind or manifest.get("format") != FORMAT_VERSION:
+        raise _damaged(kind, f"it is not a {kind} manifest")
+    start = _PREFIX + length
+    blobs, expected = [], 0
+    for entry in _get(manifest, "blobs", list, kind):
+        if not isinstance(entry, dict):
+            raise _damaged(kind, "a blob entry is not an object")
+        offset, size, digest = entry.get("offset"), entry.get("length"), entry.get("sha256")
+        if type(offset) is not int or type(size) is not int or offset != expected or size < 0 or not isinstance(digest, str):
+            raise _damaged(kind, "its blob table is inconsistent")
+        expected += size
+        if start + expected > len(view):
+            raise _damaged(kind, "it is truncated")
+        blob = view[start + offset : start + offset + size]
+        if verify and hashlib.sha256(blob).hexdigest() != digest:
+            raise IntegrityError(
+                f"The {kind} package is corrupted: its blob {str(entry.get('name', entry.get('role')))[:40]!r} does not match its sha256; "
+                "fetch it again."
+            )
+        blobs.append((entry, blob))
+    end = start + expected
+    trailer = None
+    if end < len(view):
+        if kind != "result" or end + 4 > len(view):
+            raise _damaged(kind, "it has unexpected bytes after its blobs")
+        tail_len = int.from_bytes(view[end : end + 4], "big")
+        if end + 4 + tail_len != len(view):
+            raise _damaged(kind, "its trailer length is wrong")
+        try:
+            trailer = json.loads(bytes(view[end + 4 :]).decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise _damaged(kind, "its trailer is not valid JSON") from None
+        if not isinstance(trailer, dict):
+            raise _damaged(kind, "its trailer is not an object")
+    return manifest, blobs, trailer, end
+
+
+def _damaged(kind: str, why: str) -> IntegrityError:
+    return IntegrityError(f"The {kind} package is damaged: {why}; fetch it again or rerun the cell.")
+
+
+def _get(obj: dict[str, Any], key: str, types_: type | tuple[type, ...], kind: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, types_) or (isinstance(value, bool) and types_ is int):
+        raise _damaged(kind, f"its field '{key}' is missing or has the wrong type")
+    return value
+
+
+def _name(value: Any, kind: str) -> str:
+    if not isinstance(value, str) or not value.isidentifier() or keyword.iskeyword(value):
+        raise _damaged(kind, "it names a variable that is not a Python identifier")
+    return value
+
+
+def _encoded(entry: dict[str, Any], blob: memoryview) -> Encoded:
+    codec, type_name = entry.get("codec"), entry.get("type_name")
+    if not isinstance(codec, str) or not isinstance(type_name, str):
+        raise _damaged("package", "a value has no codec or type name")
+    return Encoded(codec, bytes(blob), type_name)
+
+
+def _displays(blob: memoryview) -> list[dict[str, Any]]:
+    try:
+        displays = json.loads(bytes(blob).decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise _damaged("result", "its displays are not valid JSON") from None
+    if not isinstance(displays, list) or not all(
+        isinstance(d, dict) and isinstance(d.get("data"), dict) and isinstance(d.get("metadata", {}), dict) for d in displays
+    ):
+        raise _damaged("result", "its displays are not MIME bundles")
+    return displays

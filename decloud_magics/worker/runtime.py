@@ -1,0 +1,356 @@
+"""The program that runs inside the sandbox process: one cell, like IPython would.
+
+``sandbox.py`` starts it with a small bootstrap; everything here runs in the
+child. It first locks itself in (resource limits, the process cgroup), then
+reads the task package, runs the cell with ``<cell>`` as its file name so
+tracebacks carry the cell's line numbers, and writes a partial result package
+(values, displays, error) to a pipe the parent reads. The parent adds what
+only it can know: the captured stdout/stderr, the exit status, the timings.
+
+The result goes through a pipe rather than a file because a pipe is not
+subject to the file-size limit the cell runs under. Heavy modules (IPython,
+matplotlib, pandas) are imported only when the cell's values need them.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import builtins
+import errno
+import json
+import os
+import re
+import sys
+import time
+import traceback
+import types
+from typing import Any
+
+from ..analysis import cell_names
+from ..codecs import check_size, decode_value, encode_value
+from ..errors import SerializationError
+from ..package import RemoteErrorInfo, ResultPackage, decode_task, encode_result, is_ipython_name
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_RESOURCE_NAMES = ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_CORE")
+_MAIN_PID = 0  # the runtime's own pid; a process the cell forked has another one
+
+
+def main(config_json: str) -> None:
+    """Run one task as described by the parent's JSON config; never returns."""
+    global _MAIN_PID
+    config = json.loads(config_json)
+    _enter_sandbox(config)
+    started = time.perf_counter()
+    main_pid = _MAIN_PID = os.getpid()
+    result_fd = int(config["result_fd"])
+    os.set_inheritable(result_fd, False)  # the cell's own subprocesses must not hold the result pipe
+    res = ResultPackage()
+    status = 0
+    try:
+        with open(config["task"], "rb") as fh:
+            task = decode_task(fh.read())
+        os.unlink(config["task"])
+        status = _run(task, res, config)
+    except BaseException as exc:  # an unreadable task or a broken input: report it, don't crash
+        if os.getpid() != main_pid:
+            os._exit(0)
+        res.failure = f"The worker could not start the cell: {exc}"
+        status = 2
+    res.timings["runtime"] = time.perf_counter() - started
+    _flush()
+    try:
+        data = encode_result(res)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(result_fd, view) :]
+    except BaseException:
+        status = 3
+    _flush()
+    os._exit(status)  # without waiting for threads the cell left running
+
+
+def _enter_sandbox(config: dict[str, Any]) -> None:
+    """Apply the limits before any task byte is read.
+
+    Set here, in the child, rather than in a ``preexec_fn``: a worker runs
+    several sandboxes from threads, and ``preexec_fn`` is unsafe with threads.
+    The hard limits are set too, so the cell cannot raise them again.
+    """
+    import resource
+
+    for name, (soft, hard) in config.get("rlimits", {}).items():
+        if name in _RESOURCE_NAMES:
+            try:
+                resource.setrlimit(getattr(resource, name), (int(soft), int(hard)))
+            except (ValueError, OSError):  # a limit the platform refuses is left as it was
+                pass
+    procs = config.get("cgroup_procs")
+    if procs:
+        with open(procs, "w") as fh:  # every process the cell starts inherits this cgroup
+            fh.write(str(os.getpid()))
+    sys.argv = ["<cell>"]
+
+
+def _run(task: Any, res: ResultPackage, config: dict[str, Any]) -> int:
+    main_module = types.ModuleType("__main__")
+    sys.modules["__main__"] = main_module  # cell-defined functions and classes pickle as __main__.x
+    namespace = main_module.__dict__
+    namespace["__builtins__"] = builtins
+    displays = _Displays()
+    namespace["display"] = displays.display
+    if "IPython" in task.code:
+        displays.route_ipython_display()
+    t0 = time.perf_counter()
+    for var, enc in task.inputs.items():
+        # The requester's own data, unpickled only here in the sandbox.
+        namespace[var] = decode_value(var, enc, allow_pickle=True)
+    t1 = time.perf_counter()
+    status = 0
+    try:
+        _execute(task.code, namespace, displays)
+    except BaseException as exc:
+        if os.getpid() != _MAIN_PID:
+            os._exit(1)
+        res.error = _error_info(exc, task.code)
+        res.failure = _limit_failure(exc, config)
+        status = 1
+    if os.getpid() != _MAIN_PID:  # a process the cell forked ran off the end of the cell
+        os._exit(0)
+    t2 = time.perf_counter()
+    displays.add_open_figures()
+    res.displays = displays.bundles
+    _collect_outputs(task, namespace, res, int(config.get("max_output_bytes") or 1 << 62))
+    res.timings.update({"decode_inputs": t1 - t0, "execute": t2 - t1, "encode_outputs": time.perf_counter() - t2})
+    return status
+
+
+def _execute(code: str, namespace: dict[str, Any], displays: _Displays) -> None:
+    """Run the cell; a last expression statement is shown, as IPython does."""
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    tree = compile(code, "<cell>", "exec", flags=flags | ast.PyCF_ONLY_AST, dont_inherit=True)
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr) and not _ends_with_semicolon(code, tree.body[-1]):
+        last = tree.body.pop()
+    _run_code(compile(tree, "<cell>", "exec", flags=flags, dont_inherit=True), namespace)
+    if last is not None:
+        value = _run_code(compile(ast.Expression(last.value), "<cell>", "eval", flags=flags, dont_inherit=True), namespace)
+        if value is not None:
+            namespace["_"] = value
+            displays.bundles.append(displays.bundle(value))
+
+
+def _run_code(code: types.CodeType, namespace: dict[str, Any]) -> Any:
+    result = eval(code, namespace)  # noqa: S307 - running the cell is the point
+    if code.co_flags & 0x80 and result is not None:  # CO_COROUTINE: the cell used top-level await
+        import asyncio
+
+        return asyncio.new_event_loop().run_until_complete(result)
+    return result
+
+
+def _ends_with_semicolon(code: str, node: ast.stmt) -> bool:
+    lines = code.splitlines()
+    if not node.end_lineno or node.end_col_offset is None:
+        return False
+    rest = lines[node.end_lineno - 1].encode("utf-8")[node.end_col_offset :]  # offsets count UTF-8 bytes
+    return rest.decode("utf-8", "replace").split("#")[0].strip().startswith(";")
+
+
+def _collect_outputs(task: Any, namespace: dict[str, Any], res: ResultPackage, budget: int) -> None:
+    explicit = task.outputs is not None
+    names = task.outputs if explicit else [n for n in cell_names(task.code).assigns if not is_ipython_name(n)]
+    for var in names:
+        if var not in namespace:
+            if explicit:
+                res.value_errors[var] = f"'{var}' was never assigned by the cell."
+            continue
+        value = namespace[var]
+        if not explicit and not task.allow_pickle_outputs and isinstance(value, (types.FunctionType, type)):
+            kind = "class" if isinstance(value, type) else "function"
+            res.value_errors[var] = (
+                f"'{var}' is a {kind} defined by the cell; it comes back only with --trust-pickle, "
+                "because restoring it means running pickle."
+            )
+            continue
+        try:
+            enc = encode_value(var, value, allow_pickle=task.allow_pickle_outputs, role="output")
+            check_size(var, enc, budget, role="output")
+        except SerializationError as exc:
+            res.value_errors[var] = str(exc)
+            continue
+        except Exception as exc:  # a value whose own methods fail while being encoded
+            res.value_errors[var] = f"'{var}' could not be encoded: {type(exc).__name__}: {exc}"
+            continue
+        budget -= len(enc.data)
+        res.values[var] = enc
+
+
+def _limit_failure(exc: BaseException, config: dict[str, Any]) -> str | None:
+    """A sentence when the cell's exception is one of the sandbox's limits biting."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MemoryError):
+            mb = config.get("memory_mb")
+            limit = f"the sandbox's {mb} MB" if mb else "the memory available"
+            return f"The cell ran out of memory: it needed more than {limit}."
+        if isinstance(seen, OSError) and seen.errno == errno.EFBIG:
+            return f"The cell tried to write a file larger than the sandbox's {config.get('file_size_mb')} MB limit."
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+# -- tracebacks --------------------------------------------------------------
+
+
+def _error_info(exc: BaseException, code: str) -> RemoteErrorInfo:
+    """The exception as IPython would print it, minus every frame of decloud's own."""
+    lines = code.splitlines()
+    chain: list[tuple[BaseException, str | None]] = []
+    seen: BaseException | None = exc
+    note: str | None = None
+    while seen is not None and len(chain) < 10:
+        chain.append((seen, note))
+        if seen.__cause__ is not None:
+            note, seen = "The above exception was the direct cause of the following exception:", seen.__cause__
+        elif seen.__context__ is not None and not seen.__suppress_context__:
+            note, seen = "During handling of the above exception, another exception occurred:", seen.__context__
+        else:
+            seen = None
+    out: list[str] = []
+    for item, note in reversed(chain):
+        out.append("-" * 75)
+        out.append(f"{type(item).__name__:<42}Traceback (most recent call last)")
+        for frame in traceback.extract_tb(item.__traceback__):
+            if frame.filename.startswith(_PACKAGE_DIR):
+                continue
+            out.append(_frame_text(frame, lines))
+        if isinstance(item, SyntaxError) and item.filename == "<cell>":
+            out.append(f"Cell line {item.lineno}\n    {(item.text or '').rstrip()}")
+        out.append(f"{type(item).__name__}: {item}" if str(item) else type(item).__name__)
+        if note:
+            out.append(note)
+    return RemoteErrorInfo(type(exc).__name__, str(exc), out)
+
+
+def _frame_text(frame: traceback.FrameSummary, cell_lines: list[str]) -> str:
+    where = "" if frame.name == "<module>" else f", in {frame.name}"
+    lineno = frame.lineno or 0
+    if frame.filename == "<cell>":
+        first = max(1, lineno - 2)
+        body = [
+            f"{'---->' if n == lineno else '     '} {n:<2}{cell_lines[n - 1] if n <= len(cell_lines) else ''}"
+            for n in range(first, lineno + 1)
+        ]
+        return "\n".join([f"Cell line {lineno}{where}", *body])
+    source = (frame.line or "").strip()
+    return f"File {_short_path(frame.filename)}:{lineno}{where}\n---->  {source}"
+
+
+def _short_path(path: str) -> str:
+    """A library file relative to its sys.path entry, so honest workers print the same text."""
+    best = ""
+    for entry in sys.path:
+        if entry and path.startswith(entry.rstrip("/") + "/") and len(entry) > len(best):
+            best = entry.rstrip("/") + "/"
+    return path[len(best) :] if best else os.path.basename(path)
+
+
+# -- displays ----------------------------------------------------------------
+
+
+class _Displays:
+    """Collects MIME bundles the way a kernel would send them to the notebook."""
+
+    def __init__(self) -> None:
+        self.bundles: list[dict[str, Any]] = []
+        self._formatter: Any = None
+
+    def display(self, *objs: Any, **_ignored: Any) -> None:
+        """``display(obj, ...)`` inside the cell: each object becomes one output."""
+        for obj in objs:
+            self.bundles.append(self.bundle(obj))
+
+    def route_ipython_display(self) -> None:
+        """Make ``from IPython.display import display`` record here, not print."""
+        try:
+            import IPython.core.display_functions as functions
+            import IPython.display as public
+        except Exception:
+            return
+        functions.display = public.display = self.display
+
+    def bundle(self, obj: Any) -> dict[str, Any]:
+        figure = sys.modules.get("matplotlib.figure")
+        if figure is not None and isinstance(obj, figure.Figure):
+            return _figure_bundle(obj)
+        data: dict[str, Any] = {}
+        metadata: dict[str, Any] = {}
+        try:
+            if self._formatter is None:
+                from IPython.core.formatters import DisplayFormatter
+
+                self._formatter = DisplayFormatter()
+            data, metadata = self._formatter.format(obj)
+        except Exception:
+            data = _plain_bundle(obj)
+        clean = {mime: _jsonable(value) for mime, value in data.items()}
+        if "text/plain" in clean:
+            # Memory addresses differ on every run; honest workers must print the same bytes.
+            clean["text/plain"] = _ADDRESS.sub(" at 0x…", str(clean["text/plain"]))
+        return {"data": clean, "metadata": _jsonable(metadata) if isinstance(metadata, dict) else {}}
+
+    def add_open_figures(self) -> None:
+        """Show figures the cell left open, as the inline backend does when a cell ends."""
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is None:
+            return
+        for num in pyplot.get_fignums():
+            try:
+                self.bundles.append(_figure_bundle(pyplot.figure(num)))
+            except Exception as exc:  # a broken figure must not lose the other outputs
+                self.bundles.append({"data": {"text/plain": f"<figure {num} could not be drawn: {exc}>"}, "metadata": {}})
+        pyplot.close("all")
+
+
+def _figure_bundle(fig: Any) -> dict[str, Any]:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    png = base64.b64encode(buf.getvalue()).decode("ascii")
+    return {"data": {"image/png": png, "text/plain": _ADDRESS.sub(" at 0x…", repr(fig))}, "metadata": {}}
+
+
+def _plain_bundle(obj: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"text/plain": repr(obj)}
+    for mime, method in (("text/html", "_repr_html_"), ("image/png", "_repr_png_"), ("image/svg+xml", "_repr_svg_"), ("text/markdown", "_repr_markdown_"), ("text/latex", "_repr_latex_")):
+        fn = getattr(obj, method, None)
+        if callable(fn):
+            try:
+                value = fn()
+            except Exception:
+                continue
+            if value is not None:
+                data[mime] = value
+    return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:
+            pass

@@ -1,0 +1,456 @@
+"""TaskMarket under random use, checked against a small Python model of its rules.
+
+Hypothesis drives random create / claim / submit / release / cancel / reclaim /
+withdraw calls from random parties (five keys and one contract that can refuse
+payments) and moves the clock. Every call's outcome (success, or which custom
+error) must match the model, and after every step:
+
+* the contract holds exactly the escrow of live tasks plus what it owes;
+* every party's balance is exactly what the model paid it (so nothing is paid
+  twice or to the wrong party);
+* a task ends at most once.
+
+Success of a submit (cancel, reclaim) is also asserted directly to have come
+from a seat holder (the requester).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# py-evm raises the recursion limit when first imported; importing it here,
+# not inside the first example, keeps Hypothesis from warning that the limit
+# changed under it.
+import eth  # noqa: F401
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from web3 import EthereumTesterProvider, Web3
+from web3.logs import DISCARD
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACT = ROOT / "decloud_magics" / "chain" / "contracts" / "TaskMarket.json"
+HELPERS = ROOT / "tests" / "contracts" / "Helpers.json"
+
+OPEN, CLAIMED, COMPLETED, NOT_PROCESSED, CANCELLED, DISPUTED = 1, 2, 3, 4, 5, 6
+LIVE = (OPEN, CLAIMED)
+DIGEST_A = b"\xaa" * 32
+DIGEST_B = b"\xbb" * 32
+CID = b"bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+TX_GAS = 3_000_000
+TERMINAL_EVENTS = ("TaskCompleted", "TaskCancelled", "TaskNotProcessed", "TaskDisputed")
+
+PARTIES = 6  # five keys and the contract
+REQUESTER, HOLDER = 6, 7  # "whoever created / holds a seat of the task"
+WHO = st.integers(min_value=0, max_value=7)
+TASK = st.integers(min_value=0, max_value=10_000)
+
+
+class Refused(Exception):
+    """The model's prediction that the contract reverts with this error."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@dataclass
+class Seat:
+    worker: str
+    expiry: int
+    submitted: bool = False
+
+
+@dataclass
+class Task:
+    requester: str
+    price: int
+    deadline: int
+    lease: int
+    validators: int
+    status: int = OPEN
+    seats_taken: int = 0
+    submitted: int = 0
+    agreed: bytes | None = None
+    seats: list[Seat | None] = field(default_factory=list)
+
+
+def revert_data(exc: BaseException) -> bytes | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        data = getattr(seen, "data", None)
+        if isinstance(data, str) and data.startswith("0x"):
+            return bytes.fromhex(data[2:])
+        for arg in getattr(seen, "args", ()):
+            if isinstance(arg, (bytes, bytearray)):
+                return bytes(arg)
+            if isinstance(arg, str) and "execution reverted: b" in arg:
+                with contextlib.suppress(ValueError, SyntaxError):
+                    value = ast.literal_eval(arg.split("execution reverted: ", 1)[1])
+                    if isinstance(value, bytes):
+                        return value
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class MarketMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w3 = Web3(EthereumTesterProvider())
+        self.tester = self.w3.provider.ethereum_tester  # type: ignore[attr-defined]
+        accounts = list(self.w3.eth.accounts)
+        self.operator = accounts[9]
+        artifact = json.loads(ARTIFACT.read_text())
+        factory = self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+        address = self._deploy(factory.constructor())
+        self.market = self.w3.eth.contract(address=address, abi=artifact["abi"])
+        helper = json.loads(HELPERS.read_text())["contracts"]["MarketActor"]
+        factory = self.w3.eth.contract(abi=helper["abi"], bytecode=helper["bytecode"])
+        self.actor = self.w3.eth.contract(address=self._deploy(factory.constructor(address)), abi=helper["abi"])
+        self.parties = accounts[:5] + [self.actor.address]
+        self.errors = {
+            bytes(self.w3.keccak(text=f"{item['name']}()"))[:4]: item["name"]
+            for item in artifact["abi"]
+            if item["type"] == "error" and not item["inputs"]
+        }
+        # Far enough ahead of the wall clock that every block time is ours to set.
+        self.now = int(self.w3.eth.get_block("latest")["timestamp"]) + 100_000
+        self.tester.time_travel(self.now)
+        self.tester.mine_blocks()
+        self.balances = {p: int(self.w3.eth.get_balance(p)) for p in self.parties + [self.operator]}
+        self.owed: dict[str, int] = {p: 0 for p in self.parties}
+        self.tasks: dict[int, Task] = {}
+        self.rejecting = False
+        self.ended: set[int] = set()
+        self.touched: set[int] = set()
+
+    def _deploy(self, constructor: Any) -> str:
+        tx_hash = constructor.transact({"from": self.w3.eth.accounts[9]})
+        return str(self.w3.eth.get_transaction_receipt(tx_hash)["contractAddress"])
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _task_id(self, pick: int) -> int:
+        # Includes 0 and one past the last id, which do not exist.
+        return pick % (len(self.tasks) + 2)
+
+    def _who(self, who: int, task_id: int | None = None) -> str:
+        task = self.tasks.get(task_id) if task_id is not None else None
+        if who == REQUESTER and task is not None:
+            return task.requester
+        if who == HOLDER and task is not None:
+            holders = [s.worker for s in task.seats if s is not None and not s.submitted]
+            if holders:
+                return holders[0]
+        return self.parties[who % PARTIES]
+
+    def _tick(self, seconds: int = 1) -> None:
+        self.now += seconds
+        self.tester.time_travel(self.now)
+
+    def _pay(self, to: str, amount: int) -> None:
+        if to == self.actor.address and self.rejecting:
+            self.owed[to] += amount
+        else:
+            self.balances[to] += amount
+
+    def _run(self, sender: str, name: str, args: list[Any], value: int, model: Any) -> bool:
+        """Run `name` on chain and `model` on the model; both must agree on the outcome.
+
+        Returns whether the call went through.
+        """
+        self._tick()
+        if sender == self.actor.address:
+            data = self.market.encode_abi(name, args=args)
+            fn, origin = self.actor.functions.act(bytes.fromhex(data[2:])), self.operator
+        else:
+            fn, origin = self.market.functions[name](*args), sender
+        params = {"from": origin, "value": value}
+        try:
+            model()
+            model_error = None
+        except Refused as refusal:
+            model_error = refusal.error
+        if model_error is not None:
+            try:
+                fn.call(params, block_identifier="pending")
+                chain_error = None
+            except Exception as exc:  # noqa: BLE001 - any revert is decoded below
+                data = revert_data(exc)
+                assert data is not None, f"{name} failed without revert data: {exc!r}"
+                chain_error = self.errors.get(data[:4], data.hex())
+            assert chain_error == model_error, (
+                f"{name}{tuple(args)} from {sender}: chain {chain_error}, model {model_error}"
+            )
+            return False
+        # The model expects success: a revert mines with status 0 and fails below.
+        receipt = self.w3.eth.get_transaction_receipt(fn.transact({**params, "gas": TX_GAS}))
+        assert receipt["status"] == 1, f"{name}{tuple(args)} from {sender}: chain reverted, model expected success"
+        self.balances[origin] -= int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"]) + value
+        for event in TERMINAL_EVENTS:
+            for log in self.market.events[event]().process_receipt(receipt, errors=DISCARD):
+                task_id = int(log["args"]["taskId"])
+                assert task_id not in self.ended, f"task {task_id} ended twice"
+                self.ended.add(task_id)
+        return True
+
+    def _live(self, task_id: int) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise Refused("NoSuchTask")
+        if task.status not in LIVE:
+            raise Refused("TaskNotOpen")
+        return task
+
+    def _seat_of(self, task: Task, sender: str) -> int:
+        for i, seat in enumerate(task.seats):
+            if seat is not None and seat.worker == sender:
+                if seat.submitted:
+                    raise Refused("AlreadySubmitted")
+                return i
+        raise Refused("NotSeatHolder")
+
+    def _requester(self, task_id: int, sender: str) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise Refused("NoSuchTask")
+        if task.requester != sender:
+            raise Refused("NotRequester")
+        return task
+
+    # -- rules -------------------------------------------------------------------
+
+    @rule(
+        who=WHO,
+        price=st.sampled_from([1, 3, 10**15 + 1, 10**18]),
+        validators=st.integers(min_value=1, max_value=3),
+        lease=st.sampled_from([20, 200]),
+        window=st.sampled_from([5, 60, 600]),
+        count=st.integers(min_value=1, max_value=3),
+        batch=st.booleans(),
+    )
+    def create(self, who: int, price: int, validators: int, lease: int, window: int, count: int, batch: bool) -> None:
+        sender = self._who(who)
+        deadline = self.now + 1 + window
+
+        def model() -> None:
+            first = len(self.tasks) + 1
+            for i in range(count if batch else 1):
+                self.tasks[first + i] = Task(sender, price, deadline, lease, validators, seats=[None] * validators)
+                self.touched.add(first + i)
+
+        if batch:
+            self._run(sender, "createTasks", [[CID] * count, 60, lease, deadline, validators, 1, 256], price * count, model)
+        else:
+            self._run(sender, "createTask", [CID, 60, lease, deadline, validators, 1, 256], price, model)
+
+    @rule(pick=TASK, who=WHO)
+    def claim(self, pick: int, who: int) -> None:
+        task_id = self._task_id(pick)
+        sender = self._who(who, task_id)
+
+        def model() -> None:
+            task = self._live(task_id)
+            now = self.now
+            if now > task.deadline:
+                raise Refused("DeadlinePassed")
+            if any(s is not None and s.worker == sender for s in task.seats):
+                raise Refused("AlreadySeated")
+            free = [i for i, s in enumerate(task.seats) if s is None]
+            stale = [i for i, s in enumerate(task.seats) if s is not None and not s.submitted and s.expiry < now]
+            if free:
+                seat = free[0]
+                task.seats_taken += 1
+                if task.seats_taken == task.validators:
+                    task.status = CLAIMED
+            elif stale:
+                seat = stale[0]
+            else:
+                raise Refused("NoFreeSeat")
+            task.seats[seat] = Seat(sender, min(now + task.lease, task.deadline))
+            self.touched.add(task_id)
+
+        self._run(sender, "claim", [task_id], 0, model)
+
+    @rule(pick=TASK, who=WHO, digest=st.sampled_from([DIGEST_A, DIGEST_A, DIGEST_A, DIGEST_B]))
+    def submit(self, pick: int, who: int, digest: bytes) -> None:
+        task_id = self._task_id(pick)
+        sender = self._who(who, task_id)
+        was_holder = task_id in self.tasks and any(
+            s is not None and s.worker == sender and not s.submitted for s in self.tasks[task_id].seats
+        )
+
+        def model() -> None:
+            task = self._live(task_id)
+            if self.now > task.deadline:
+                raise Refused("DeadlinePassed")
+            seat = self._seat_of(task, sender)
+            self.touched.add(task_id)
+            k = task.validators
+            if k == 1:
+                task.status, task.submitted = COMPLETED, 1
+                task.seats = [None]
+                self._pay(sender, task.price)
+                return
+            if task.submitted == 0:
+                task.agreed = digest
+            elif task.agreed != digest:
+                task.status = DISPUTED
+                task.submitted += 1
+                task.seats, task.agreed = [None] * k, None
+                self._pay(task.requester, task.price)
+                return
+            task.submitted += 1
+            if task.submitted < k:
+                task.seats[seat].submitted = True  # type: ignore[union-attr]
+                return
+            task.status = COMPLETED
+            share = task.price // k
+            workers = [s.worker for s in task.seats]  # type: ignore[union-attr]
+            task.seats, task.agreed = [None] * k, None
+            for i, worker in enumerate(workers):
+                if i != seat:
+                    self._pay(worker, share)
+            self._pay(sender, task.price - share * (k - 1))
+
+        if self._run(sender, "submitResult", [task_id, digest, CID], 0, model):
+            assert was_holder, "a submission was accepted from an account without a seat"
+
+    @rule(pick=TASK, who=WHO)
+    def release(self, pick: int, who: int) -> None:
+        task_id = self._task_id(pick)
+        sender = self._who(who, task_id)
+
+        def model() -> None:
+            task = self._live(task_id)
+            seat = self._seat_of(task, sender)
+            task.seats[seat] = None
+            task.seats_taken -= 1
+            task.status = OPEN
+            self.touched.add(task_id)
+
+        self._run(sender, "release", [task_id], 0, model)
+
+    @rule(pick=TASK, who=WHO)
+    def cancel(self, pick: int, who: int) -> None:
+        task_id = self._task_id(pick)
+        sender = self._who(who, task_id)
+
+        def model() -> None:
+            task = self._requester(task_id, sender)
+            if task.status == CLAIMED:
+                raise Refused("SeatsHeld")
+            if task.status != OPEN:
+                raise Refused("TaskNotOpen")
+            if any(s is not None and (s.submitted or s.expiry >= self.now) for s in task.seats):
+                raise Refused("SeatsHeld")
+            task.status = CANCELLED
+            task.seats = [None] * task.validators
+            self._pay(sender, task.price)
+            self.touched.add(task_id)
+
+        if self._run(sender, "cancel", [task_id], 0, model):
+            assert self.tasks[task_id].requester == sender
+
+    @rule(pick=TASK, who=WHO)
+    def reclaim(self, pick: int, who: int) -> None:
+        task_id = self._task_id(pick)
+        sender = self._who(who, task_id)
+
+        def model() -> None:
+            task = self._requester(task_id, sender)
+            if task.status not in LIVE:
+                raise Refused("TaskNotOpen")
+            if self.now <= task.deadline:
+                raise Refused("DeadlineNotPassed")
+            task.status = NOT_PROCESSED
+            task.seats, task.agreed = [None] * task.validators, None
+            self._pay(sender, task.price)
+            self.touched.add(task_id)
+
+        if self._run(sender, "reclaim", [task_id], 0, model):
+            assert self.tasks[task_id].requester == sender
+
+    @rule(who=WHO)
+    def withdraw(self, who: int) -> None:
+        sender = self._who(who)
+
+        def model() -> None:
+            amount = self.owed[sender]
+            if amount == 0:
+                raise Refused("NothingOwed")
+            if sender == self.actor.address and self.rejecting:
+                raise Refused("TransferFailed")
+            self.owed[sender] = 0
+            self.balances[sender] += amount
+
+        self._run(sender, "withdraw", [], 0, model)
+
+    @rule(on=st.booleans())
+    def set_rejecting(self, on: bool) -> None:
+        self._tick()
+        tx_hash = self.actor.functions.setRejecting(on).transact({"from": self.operator, "gas": 100_000})
+        receipt = self.w3.eth.get_transaction_receipt(tx_hash)
+        self.balances[self.operator] -= int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
+        self.rejecting = on
+
+    @rule(seconds=st.sampled_from([1, 10, 50, 250, 1000]))
+    def travel(self, seconds: int) -> None:
+        self._tick(seconds)
+        self.tester.mine_blocks()
+
+    # -- invariants ------------------------------------------------------------------
+
+    @invariant()
+    def escrow_is_accounted_for(self) -> None:
+        live = sum(t.price for t in self.tasks.values() if t.status in LIVE)
+        held = int(self.w3.eth.get_balance(self.market.address))
+        assert held == live + sum(self.owed.values())
+        assert int(self.market.functions.owed(self.actor.address).call()) == self.owed[self.actor.address]
+
+    @invariant()
+    def everyone_was_paid_exactly_what_the_model_says(self) -> None:
+        for party, expected in self.balances.items():
+            assert int(self.w3.eth.get_balance(party)) == expected, party
+
+    @invariant()
+    def touched_tasks_match_the_model(self) -> None:
+        for task_id in self.touched:
+            self._check_task(task_id)
+        self.touched.clear()
+
+    def teardown(self) -> None:
+        assert int(self.market.functions.taskCount().call()) == len(self.tasks)
+        for task_id in self.tasks:
+            self._check_task(task_id)
+        for party in self.parties:
+            assert int(self.market.functions.owed(party).call()) == self.owed[party]
+
+    def _check_task(self, task_id: int) -> None:
+        task = self.tasks[task_id]
+        raw = self.market.functions.getTask(task_id).call()
+        assert list(raw) == [
+            task.requester, task.price, task.deadline, 60, task.lease, task.status,
+            task.validators, task.seats_taken, task.submitted,
+        ]  # fmt: skip
+        for i, seat in enumerate(task.seats):
+            got = self.market.functions.getSeat(task_id, i).call()
+            if seat is None:
+                assert list(got) == ["0x" + "00" * 20, 0, False, b"\0" * 32]
+            else:
+                digest = task.agreed if seat.submitted else b"\0" * 32
+                assert list(got) == [seat.worker, seat.expiry, seat.submitted, digest]
+
+
+MarketMachine.TestCase.settings = settings(
+    max_examples=25,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_market_invariants = MarketMachine.TestCase

@@ -24,8 +24,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from decloud_magics.ledger import Ledger, RunRecord  # noqa: E402
-from decloud_magics.models import Status  # noqa: E402
+from decloud_magics.ledger import Ledger, RunRecord
+from decloud_magics.models import Status
 
 HISTORY_SQL = (
     "SELECT run_id, name, network, status, submitted_at, started_at, completed_at, price_wei, gas_used,"
@@ -97,11 +97,19 @@ def main() -> None:
         conn = ledger._conn()  # the same connection the frame reads through
         history = median_seconds(ledger.history_frame, args.repeat)
         same_columns = median_seconds(lambda: pd.DataFrame(conn.execute(HISTORY_SQL).fetchall()), args.repeat)
-        whole_table = median_seconds(lambda: pd.DataFrame(conn.execute("SELECT * FROM runs").fetchall()), args.repeat)
+        whole_table = median_seconds(
+            lambda: pd.DataFrame(conn.execute("SELECT * FROM runs").fetchall()), args.repeat
+        )
 
-    print(f"history_frame()                                   median of {args.repeat}: {history * 1000:7.1f} ms")
-    print(f"baseline pd.DataFrame(fetchall()), same columns   median of {args.repeat}: {same_columns * 1000:7.1f} ms")
-    print(f"baseline pd.DataFrame(fetchall()), SELECT *       median of {args.repeat}: {whole_table * 1000:7.1f} ms")
+    print(
+        f"history_frame()                                   median of {args.repeat}: {history * 1000:7.1f} ms"
+    )
+    print(
+        f"baseline pd.DataFrame(fetchall()), same columns   median of {args.repeat}: {same_columns * 1000:7.1f} ms"
+    )
+    print(
+        f"baseline pd.DataFrame(fetchall()), SELECT *       median of {args.repeat}: {whole_table * 1000:7.1f} ms"
+    )
     print(f"ratio history_frame / same-columns baseline: {history / same_columns:.2f}")
     print(f"ratio history_frame / SELECT * baseline:     {history / whole_table:.2f}")
 

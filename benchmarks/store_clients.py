@@ -20,12 +20,12 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from decloud_magics.store import KuboStore  # noqa: E402
+from decloud_magics.store import KuboStore
 
 
 def _multiaddr(api_url: str) -> str:
@@ -34,7 +34,9 @@ def _multiaddr(api_url: str) -> str:
     return f"/ip4/{host}/tcp/{port}/http" if host[0].isdigit() else f"/dns/{host}/tcp/{port}/http"
 
 
-def _interleaved(size: int, runs: int, ops: dict[str, Callable[[bytes], object]], fresh: bool = True) -> dict[str, float]:
+def _interleaved(
+    size: int, runs: int, ops: dict[str, Callable[[bytes], object]], fresh: bool = True
+) -> dict[str, float]:
     """Median MB/s (10**6 bytes) per op; ops alternate order each run so node warm-up and
     repo growth hit both alike."""
     times: dict[str, list[float]] = {name: [] for name in ops}
@@ -68,7 +70,9 @@ def run(api_url: str, size_mb: int, runs: int) -> dict[str, float]:
     blob = os.urandom(size)
     cid = store.put(blob)
     assert store.get(cid) == blob and legacy.cat(cid) == blob
-    cat = _interleaved(size, runs, {"legacy": lambda _: legacy.cat(cid), "ours": lambda _: store.get(cid)}, fresh=False)
+    cat = _interleaved(
+        size, runs, {"legacy": lambda _: legacy.cat(cid), "ours": lambda _: store.get(cid)}, fresh=False
+    )
 
     print(f"add  ipfshttpclient.Client : {add['legacy']:7.1f} MB/s")
     print(f"add  KuboStore             : {add['ours']:7.1f} MB/s   ({add['ours'] / add['legacy']:.2f}x)")
@@ -76,7 +80,12 @@ def run(api_url: str, size_mb: int, runs: int) -> dict[str, float]:
     print(f"get  KuboStore (verified)  : {cat['ours']:7.1f} MB/s   ({cat['ours'] / cat['legacy']:.2f}x)")
     legacy.close()
     store.close()
-    return {"add_legacy": add["legacy"], "add_ours": add["ours"], "cat_legacy": cat["legacy"], "get_ours": cat["ours"]}
+    return {
+        "add_legacy": add["legacy"],
+        "add_ours": add["ours"],
+        "cat_legacy": cat["legacy"],
+        "get_ours": cat["ours"],
+    }
 
 
 def _start_sink() -> tuple[str, Callable[[], None]]:
@@ -93,7 +102,7 @@ def _start_sink() -> tuple[str, Callable[[], None]]:
     class Sink(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        def do_POST(self) -> None:
             size = 0
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                 while (n := int(self.rfile.readline().split(b";")[0], 16)) > 0:
@@ -144,10 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--api", default="http://127.0.0.1:5001", help="Kubo RPC API URL of a running node")
     parser.add_argument("--start-node", action="store_true", help="start a throwaway js-ipfs node instead")
-    parser.add_argument("--tools", type=Path, default=None, help="where js-ipfs is installed (default: DECLOUD_TOOLS or ./.tools)")
+    parser.add_argument(
+        "--tools",
+        type=Path,
+        default=None,
+        help="where js-ipfs is installed (default: DECLOUD_TOOLS or ./.tools)",
+    )
     parser.add_argument("--size-mb", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--sink", action="store_true", help="also measure against a body-dropping local server")
+    parser.add_argument(
+        "--sink", action="store_true", help="also measure against a body-dropping local server"
+    )
     args = parser.parse_args(argv)
     if args.sink:
         run_sink(args.size_mb, args.runs)
@@ -156,8 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from decloud_magics.devnet.ipfs_node import IpfsNode
 
-    tools = args.tools or Path(os.environ.get("DECLOUD_TOOLS", Path(__file__).resolve().parents[1] / ".tools"))
-    with tempfile.TemporaryDirectory(prefix="decloud-bench-ipfs-") as repo, IpfsNode(Path(repo), tools_dir=tools) as node:
+    tools = args.tools or Path(
+        os.environ.get("DECLOUD_TOOLS", Path(__file__).resolve().parents[1] / ".tools")
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="decloud-bench-ipfs-") as repo,
+        IpfsNode(Path(repo), tools_dir=tools) as node,
+    ):
         run(node.api_url, args.size_mb, args.runs)
     return 0
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import decimal
 import itertools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -29,27 +29,92 @@ from .units import wei_to_decimal
 if TYPE_CHECKING:
     from .ledger import Ledger
 
-__all__ = ["HISTORY_COLUMNS", "EVENT_COLUMNS", "SUMMARY_COLUMNS", "history_frame", "events_frame", "summary_frame", "parse_since"]
+__all__ = [
+    "EVENT_COLUMNS",
+    "HISTORY_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "events_frame",
+    "history_frame",
+    "parse_since",
+    "summary_frame",
+]
 
 HISTORY_COLUMNS: tuple[str, ...] = (
-    "run_id", "name", "network", "status", "submitted_at", "started_at", "completed_at", "duration_s",
-    "price", "gas_used", "gas_cost", "total_cost", "worker", "input_cid", "result_cid", "error", "cell_hash",
-)  # fmt: skip
-EVENT_COLUMNS: tuple[str, ...] = ("run_id", "kind", "at", "block", "tx_hash", "gas_used", "price", "worker", "message")
+    "run_id",
+    "name",
+    "network",
+    "status",
+    "submitted_at",
+    "started_at",
+    "completed_at",
+    "duration_s",
+    "price",
+    "gas_used",
+    "gas_cost",
+    "total_cost",
+    "worker",
+    "input_cid",
+    "result_cid",
+    "error",
+    "cell_hash",
+)
+EVENT_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "kind",
+    "at",
+    "block",
+    "tx_hash",
+    "gas_used",
+    "price",
+    "worker",
+    "message",
+)
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    "runs", "completed", "failed", "not_processed", "cancelled", "disputed", "in_flight",
-    "spent_hour", "spent_today", "spent_total", "mean_duration_s",
-)  # fmt: skip
+    "runs",
+    "completed",
+    "failed",
+    "not_processed",
+    "cancelled",
+    "disputed",
+    "in_flight",
+    "spent_hour",
+    "spent_today",
+    "spent_total",
+    "mean_duration_s",
+)
 
 # Enough digits for any uint256 amount of wei, so the ether Decimals are exact
 # whatever the default context says.
 _EXACT = decimal.Context(prec=80)
 
 _HISTORY_SELECT = (
-    "run_id", "name", "network", "status", "submitted_at", "started_at", "completed_at", "price_wei", "gas_used",
-    "gas_cost_wei", "worker", "input_cid", "result_cid", "error", "cell_hash",
-)  # fmt: skip
-_HISTORY_TEXT = ("run_id", "name", "network", "status", "worker", "input_cid", "result_cid", "error", "cell_hash")
+    "run_id",
+    "name",
+    "network",
+    "status",
+    "submitted_at",
+    "started_at",
+    "completed_at",
+    "price_wei",
+    "gas_used",
+    "gas_cost_wei",
+    "worker",
+    "input_cid",
+    "result_cid",
+    "error",
+    "cell_hash",
+)
+_HISTORY_TEXT = (
+    "run_id",
+    "name",
+    "network",
+    "status",
+    "worker",
+    "input_cid",
+    "result_cid",
+    "error",
+    "cell_hash",
+)
 
 # Python-backed "str": pandas' default pyarrow storage costs several times more
 # to build from Python strings, and these came from sqlite3 as Python strings.
@@ -57,7 +122,9 @@ _STR = pd.StringDtype(storage="python", na_value=np.nan)
 _WEI_PER_ETHER = Decimal(10**18)
 _ZERO = Decimal(0)
 
-_RELATIVE = re.compile(r"^(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|sec|secs|m|min|mins|h|hr|hrs|d|day|days|w|wk|wks)$")
+_RELATIVE = re.compile(
+    r"^(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|sec|secs|m|min|mins|h|hr|hrs|d|day|days|w|wk|wks)$"
+)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -112,7 +179,10 @@ def history_frame(
             table = table[np.argsort(-submitted, kind="stable")]
     column = dict(zip(_HISTORY_SELECT, table.T))
 
-    submitted_s, completed_s = column["submitted_at"].astype("float64"), column["completed_at"].astype("float64")
+    submitted_s, completed_s = (
+        column["submitted_at"].astype("float64"),
+        column["completed_at"].astype("float64"),
+    )
     price, gas_cost = _ether(column["price_wei"], repeats=True), _ether(column["gas_cost_wei"])
     with decimal.localcontext(_EXACT):
         total = [p + g for p, g in zip(price, gas_cost)]
@@ -177,7 +247,8 @@ def summary_frame(ledger: Ledger, now: datetime | None = None, network: str | No
     counts = dict(ledger.query(f"SELECT status, COUNT(*) FROM runs {where} GROUP BY status", params))
     completed_where = f"{where} {'AND' if where else 'WHERE'} status = ? AND completed_at IS NOT NULL"
     (mean,) = ledger.query(
-        f"SELECT AVG(completed_at - submitted_at) FROM runs {completed_where}", [*params, Status.COMPLETED.value]
+        f"SELECT AVG(completed_at - submitted_at) FROM runs {completed_where}",
+        [*params, Status.COMPLETED.value],
     )[0]
     final = {s.value for s in FINAL_STATUSES}
     row: dict[str, Any] = {"runs": sum(counts.values())}
@@ -190,7 +261,9 @@ def summary_frame(ledger: Ledger, now: datetime | None = None, network: str | No
         row["spent_total"] = wei_to_decimal(ledger.spent_wei(network=network))
     row["mean_duration_s"] = float("nan") if mean is None else float(mean)
     frame = pd.DataFrame({k: [v] for k, v in row.items()}, columns=list(SUMMARY_COLUMNS))
-    return frame.astype({c: "int64" for c in SUMMARY_COLUMNS[:7]} | {c: object for c in SUMMARY_COLUMNS[7:10]})
+    return frame.astype(
+        {c: "int64" for c in SUMMARY_COLUMNS[:7]} | {c: object for c in SUMMARY_COLUMNS[7:10]}
+    )
 
 
 def parse_since(value: datetime | timedelta | str, now: datetime | None = None) -> datetime:
@@ -248,12 +321,16 @@ def _text(column: np.ndarray) -> pd.api.extensions.ExtensionArray:
 
 
 def _times(seconds: np.ndarray) -> pd.DatetimeIndex:
-    # Round to whole microseconds first: the float seconds carry sub-microsecond
-    # noise that would otherwise show up as stray nanoseconds. NaN becomes NaT.
-    return pd.to_datetime(np.round(seconds * 1e6), unit="us", utc=True)
+    # Whole microseconds, rounded from the fraction alone: scaling the whole
+    # float by 1e6 would round away the last microsecond of late dates, and
+    # not rounding would show float noise as stray nanoseconds. This matches
+    # datetime.fromtimestamp, which get_run() uses. NaN stays NaN, then NaT.
+    whole = np.floor(seconds)
+    micros = whole * 1e6 + np.round((seconds - whole) * 1e6)
+    return pd.to_datetime(micros, unit="us", utc=True)
 
 
-def _ether(column: Iterable[str | None], repeats: bool = False) -> list[Decimal]:
+def _ether(column: Iterable[Any], repeats: bool = False) -> list[Decimal]:
     """Wei texts as exact Decimal ether, equal to what units.wei_to_decimal gives.
 
     Written out here rather than calling wei_to_decimal per row because this
@@ -264,7 +341,7 @@ def _ether(column: Iterable[str | None], repeats: bool = False) -> list[Decimal]
     """
     with decimal.localcontext(_EXACT):
         if repeats:
-            seen: dict[str | None, Decimal] = {None: _ZERO}
+            seen: dict[Any, Decimal] = {None: _ZERO}
             return [seen[w] if w in seen else seen.setdefault(w, Decimal(w) / _WEI_PER_ETHER) for w in column]
         return [_ZERO if w is None else Decimal(w) / _WEI_PER_ETHER for w in column]
 

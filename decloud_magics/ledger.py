@@ -32,21 +32,25 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ConfigError, UsageError
 from .models import FINAL_STATUSES, EventKind, RunEvent, Status, utcnow
 from .paths import decloud_home
 
 if TYPE_CHECKING:
+    from typing import Self  # 3.11+, and only annotations need it
+
     import pandas as pd
 
 __all__ = ["SCHEMA_VERSION", "Ledger", "RunRecord", "run_spent_wei"]
+
+_T = TypeVar("_T")
 
 #: Bumped whenever the tables change; ``_MIGRATIONS`` carries an old file forward.
 SCHEMA_VERSION = 1
@@ -149,10 +153,15 @@ class RunRecord:
     validators: int | None = None
     deadline: datetime | None = None
 
+    def __post_init__(self) -> None:
+        # Callers often hold the status as text (from JSON, from the chain
+        # client); keep the record's promise that it is a Status.
+        self.status = Status(self.status)
+
     @property
     def is_final(self) -> bool:
         """True once the run can no longer change on chain."""
-        return Status(self.status).is_final
+        return self.status.is_final
 
     @property
     def spent_wei(self) -> int:
@@ -168,7 +177,15 @@ _INT_COLUMNS = frozenset({"task_id", "gas_used", "validators"})
 _JSON_COLUMNS = frozenset({"outputs", "options"})
 _NOT_NULL = frozenset({"status", "submitted_at", "price_wei", "outputs", "options"})
 _FINAL_VALUES = tuple(sorted(s.value for s in FINAL_STATUSES))
-_EVENT_COLUMNS = ("run_id", "kind", "at", "block", "tx_hash", "gas_used", "price_wei", "worker", "message", "data")
+_EVENT_COLUMNS = (
+    "run_id", "kind", "at", "block", "tx_hash", "gas_used", "price_wei", "worker", "message", "data",
+)  # fmt: skip
+_SELECT_RUNS = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
+_INSERT_RUN = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
+_INSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})"
+)
+_NOT_FINAL = f"status NOT IN ({', '.join(repr(v) for v in _FINAL_VALUES)})"
 
 
 def run_spent_wei(
@@ -211,13 +228,15 @@ class Ledger:
         self.path = Path(path) if path is not None else decloud_home() / "ledger.sqlite"
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[tuple[int, sqlite3.Connection]] = []
+        # Every connection this object opened, with its thread and process,
+        # so close() can close them all and dead threads' ones get closed.
+        self._connections: list[tuple[threading.Thread, int, sqlite3.Connection]] = []
         self._schema_ready = False
 
     def __repr__(self) -> str:
         return f"Ledger({str(self.path)!r})"
 
-    def __enter__(self) -> Ledger:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -232,7 +251,7 @@ class Ledger:
         with self._lock:
             connections, self._connections = self._connections, []
             self._local = threading.local()
-        for pid, conn in connections:
+        for _, pid, conn in connections:
             if pid == os.getpid():  # a forked child must not touch its parent's handles
                 conn.close()
 
@@ -252,9 +271,13 @@ class Ledger:
         # our back; _write() says exactly where each one starts and ends.
         # check_same_thread=False only so close() can close every thread's
         # connection; each connection is still used by one thread only.
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            # Where WAL cannot work (some network file systems) SQLite keeps
+            # its rollback journal: slower for readers, still correct.
             _while_locked(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
             # In WAL mode NORMAL never corrupts the file; only a power cut can
             # drop the last commits, and a kernel crash loses nothing. FULL
@@ -264,18 +287,33 @@ class Ledger:
                 if not self._schema_ready:
                     self._migrate(conn)
                     self._schema_ready = True
-                self._connections.append((os.getpid(), conn))
+                self._forget_dead_threads()
+                self._connections.append((threading.current_thread(), os.getpid(), conn))
         except sqlite3.DatabaseError as exc:
             conn.close()
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise
             raise ConfigError(
-                f"{self.path} is not a readable decloud ledger ({exc}): move it aside and decloud will start a new one."
+                f"{self.path} is not a readable decloud ledger ({exc}): "
+                "move it aside and decloud will start a new one."
             ) from exc
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _forget_dead_threads(self) -> None:
+        # A kernel starts a watcher thread per run; without this each would
+        # leave an open file handle behind until close(). Called with the lock.
+        kept = []
+        for thread, pid, conn in self._connections:
+            if pid != os.getpid():
+                continue  # inherited through fork: not ours to close
+            if thread.is_alive():
+                kept.append((thread, pid, conn))
+            else:
+                conn.close()
+        self._connections = kept
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         if _user_version(conn) == SCHEMA_VERSION:
@@ -314,7 +352,9 @@ class Ledger:
         try:
             self._insert_runs([run])
         except sqlite3.IntegrityError:
-            raise ValueError(f"Run {run.run_id!r} is already in the ledger: use update_run() to change it.") from None
+            raise ValueError(
+                f"Run {run.run_id!r} is already in the ledger: use update_run() to change it."
+            ) from None
 
     def record_runs(self, runs: Iterable[RunRecord]) -> int:
         """Insert many runs in one transaction (imports, benchmarks); returns how many.
@@ -330,9 +370,8 @@ class Ledger:
         # Encode everything before taking the write lock, so a bad value
         # never makes the other writers wait.
         rows = [tuple(_encode(c, getattr(run, c)) for c in RUN_COLUMNS) for run in runs]
-        placeholders = ", ".join("?" * len(RUN_COLUMNS))
         with self._write() as conn:
-            conn.executemany(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({placeholders})", rows)
+            conn.executemany(_INSERT_RUN, rows)
         return len(rows)
 
     def update_run(self, run_id: str, /, **fields: Any) -> None:
@@ -349,7 +388,7 @@ class Ledger:
 
     def get_run(self, run_id: str) -> RunRecord | None:
         """The run with exactly this id, or None."""
-        rows = self.query(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,))
+        rows = self.query(f"{_SELECT_RUNS} WHERE run_id = ?", (run_id,))
         return _decode_run(rows[0]) if rows else None
 
     def find_run(self, prefix: str) -> RunRecord:
@@ -367,22 +406,24 @@ class Ledger:
                 return exact
             # A range on the primary key uses its index, unlike LIKE or substr().
             rows = self.query(
-                f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT 6",
+                f"{_SELECT_RUNS} WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT 6",
                 (candidate, candidate + "\U0010ffff"),
             )
             if len(rows) == 1:
                 return _decode_run(rows[0])
             if rows:
                 shown = ", ".join(row[0] for row in rows[:5]) + (", …" if len(rows) > 5 else "")
-                raise UsageError(f"'{typed}' matches more than one run ({shown}): type more characters of the id.")
+                raise UsageError(
+                    f"'{typed}' matches more than one run ({shown}): type more characters of the id."
+                )
         raise UsageError(f"No run id starts with '{typed}': list the runs with history() to find it.")
 
     find_runs = find_run  # the name the first design used; same lookup
 
     def runs_in_flight(self, network: str | None = None) -> list[RunRecord]:
         """Runs not yet final, oldest first: what to re-attach to after a kernel restart."""
-        sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE status NOT IN ({', '.join('?' * len(_FINAL_VALUES))})"
-        params: list[Any] = list(_FINAL_VALUES)
+        sql = f"{_SELECT_RUNS} WHERE {_NOT_FINAL}"
+        params: list[Any] = []
         if network is not None:
             sql += " AND network = ?"
             params.append(network)
@@ -426,10 +467,7 @@ class Ledger:
             json.dumps(event.data, default=str),  # data is informational; never fail a run over it
         )
         with self._write() as conn:
-            conn.execute(
-                f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})",
-                row,
-            )
+            conn.execute(_INSERT_EVENT, row)
             if run_fields:
                 _update(conn, event.run_id, run_fields)
 
@@ -443,7 +481,7 @@ class Ledger:
             RunEvent(
                 kind=EventKind(kind),
                 run_id=rid,
-                at=_from_unix(at),
+                at=datetime.fromtimestamp(at, timezone.utc),
                 block=block,
                 tx_hash=tx_hash,
                 gas_used=gas_used or 0,
@@ -462,7 +500,8 @@ class Ledger:
         text = json.dumps(value)
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO settings (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, text),
             )
 
@@ -513,7 +552,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
-def _while_locked(action: Any, timeout: float = BUSY_TIMEOUT_S) -> Any:
+def _while_locked(action: Callable[[], _T], timeout: float = BUSY_TIMEOUT_S) -> _T:
     """Retry ``action`` while the file is locked.
 
     Switching a new file to WAL needs an exclusive lock, and SQLite may refuse

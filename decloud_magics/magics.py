@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from IPython.core.error import UsageError as IPythonUsageError
@@ -15,10 +16,11 @@ from . import render
 from .errors import DecloudError, UsageError
 from .models import Resources
 from .units import parse_amount
+from .widgets import RunPanel, frontend_mode
 
 if TYPE_CHECKING:
     from .client import Client
-    from .run import Run
+    from .run import Result, Run
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -47,6 +49,8 @@ def _names(text: str | None) -> list[str] | None:
 @argument("--out", dest="outputs", default=None, help="names to bring back (default: what the cell assigns)")
 @argument("--trust-pickle", action="store_true", help="allow values that only pickle can restore to come back")
 @argument("--name", default=None, help="a label for the run in the history")
+@argument("--async", dest="background", action="store_true",
+          help="return at once; outputs and variables arrive when the run ends")
 def _run_args(line: str) -> None:
     """Run the cell on the market; outputs and variables come back as if it ran here."""
 
@@ -97,11 +101,20 @@ class DecloudMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._clients: dict[str, Client] = {}
         self._runs: dict[str, Run] = {}
+        self._panels: dict[str, RunPanel] = {}
+        self._landed: set[str] = set()  # runs whose outputs were shown and values bound: never twice
+        self._landing = threading.Lock()
+        self._ready: list[Run] = []  # async runs that ended, waiting for the kernel's loop to land them
 
     def on_load(self) -> None:
         """Nothing heavy happens at load: the network starts on the first run."""
+        self.shell.events.register("pre_run_cell", self._land_ready)
 
     def on_unload(self) -> None:
+        try:
+            self.shell.events.unregister("pre_run_cell", self._land_ready)
+        except ValueError:
+            pass
         for client in self._clients.values():
             client.close()
         self._clients.clear()
@@ -179,20 +192,69 @@ class DecloudMagics(Magics):
             max_input_bytes=int(self.max_input_mb * 1e6),
         )
         self._runs[run.id] = run
+        panel = RunPanel(run, symbol=client.config.symbol, mode=frontend_mode(self.shell)).show()
+        self._panels[run.id] = panel
+        if args.background:
+            run.on("*", lambda event: self._schedule_landing(run) if event.is_final else None)
+            return None
         return self._finish(run)
 
     def _finish(self, run: Run, timeout: float | None = None) -> None:
+        """Wait in the foreground, then show the outputs under the panel and bind the values."""
         try:
             run.wait(timeout)
         except KeyboardInterrupt:
             print(f"Stopped waiting; run {run.id} goes on. `%decloud wait {run.id}` picks it up.", file=sys.stderr)
             return None
-        result = run.result()
-        render.show_result(result)
-        changed = render.bind_values(self.shell.user_ns, result)
-        del changed
-        result.raise_for_error()
+        result = self._land(run, into_panel=False)
+        if result is not None:
+            result.raise_for_error()
         return None
+
+    def _land(self, run: Run, *, into_panel: bool) -> Result | None:
+        """Show a finished run's outputs and bind its values, exactly once per run."""
+        with self._landing:
+            if run.id in self._landed:
+                return None
+            self._landed.add(run.id)
+        panel = self._panels.get(run.id)
+        try:
+            result = run.result()
+        except DecloudError as exc:
+            if panel is not None:
+                panel.finish([])
+            if into_panel:
+                render.show_failure(exc, panel.output if panel else None)
+                return None
+            raise
+        changed = render.bind_values(self.shell.user_ns, result)
+        if panel is not None:
+            panel.finish(changed)
+        if into_panel and panel is not None and panel.output is not None:
+            render.append_result(panel.output, result)
+        elif into_panel:
+            render.show_result(result)
+            if not result.ok:
+                print(f"decloud run {run.id}: {result.error or result.failure}", file=sys.stderr)
+        else:
+            render.show_result(result)
+        return result
+
+    def _schedule_landing(self, run: Run) -> None:
+        """Called on the watcher thread: land on the kernel's own loop, never mid-cell."""
+        kernel = getattr(self.shell, "kernel", None)
+        io_loop = getattr(kernel, "io_loop", None)
+        if io_loop is not None:
+            io_loop.add_callback(self._land, run, into_panel=True)
+        else:  # no kernel loop (terminal, tests): land before the next cell runs
+            with self._landing:
+                self._ready.append(run)
+
+    def _land_ready(self, *_: Any) -> None:
+        with self._landing:
+            ready, self._ready = self._ready, []
+        for run in ready:
+            self._land(run, into_panel=True)
 
     # -- other subcommands --------------------------------------------------------
 
@@ -204,10 +266,15 @@ class DecloudMagics(Magics):
                 f"{'No' if not matches else 'More than one'} run of this session starts with '{args.run_id}'; "
                 "`%decloud runs` lists them."
             )
-        return self._finish(matches[0], args.timeout)
+        run = matches[0]
+        with self._landing:
+            if run in self._ready:
+                self._ready.remove(run)
+        return self._finish(run, args.timeout)
 
     def list_runs(self) -> Any:
-        return render.runs_table(list(self._runs.values()))
+        """The runs of this session that are still in flight."""
+        return render.runs_table([r for r in self._runs.values() if not r.done()])
 
     def network_command(self, rest: str) -> Any:
         from .networks import RPC, NetworkConfig, get_network, list_networks, save_network

@@ -30,6 +30,36 @@ def show_result(result: Result) -> None:
         sys.stderr.write(f"decloud: '{name}' was not brought back: {why}\n")
 
 
+def append_result(output: Any, result: Result) -> None:
+    """Write a result into an ``ipywidgets.Output`` (an async run's own output area)."""
+    items: list[dict[str, Any]] = []
+    if result.stdout:
+        items.append({"output_type": "stream", "name": "stdout", "text": result.stdout})
+    if result.stderr:
+        items.append({"output_type": "stream", "name": "stderr", "text": result.stderr})
+    for bundle in result.displays:
+        if bundle.get("data"):
+            items.append({"output_type": "display_data", "data": bundle["data"],
+                          "metadata": bundle.get("metadata") or {}})  # fmt: skip
+    notes = [f"decloud: '{name}' was not brought back: {why}\n" for name, why in result.value_errors.items()]
+    if result.error is not None:
+        notes.append("\n".join(result.error._render_traceback_()) + "\n")  # type: ignore[attr-defined]
+    elif result.failure:
+        notes.append(result.failure + "\n")
+    if notes:
+        items.append({"output_type": "stream", "name": "stderr", "text": "".join(notes)})
+    output.outputs = tuple(output.outputs) + tuple(items)
+
+
+def show_failure(exc: Exception, output: Any = None) -> None:
+    """One sentence for a run that ended without a result."""
+    text = f"{type(exc).__name__}: {exc}\n"
+    if output is not None:
+        output.outputs = tuple(output.outputs) + ({"output_type": "stream", "name": "stderr", "text": text},)
+    else:
+        sys.stderr.write(text)
+
+
 def bind_values(user_ns: dict[str, Any], result: Result) -> list[str]:
     """Put the returned variables into the namespace; returns the names that changed."""
     changed = []

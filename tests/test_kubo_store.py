@@ -111,7 +111,9 @@ def test_pin(kubo: KuboStore) -> None:
     kubo.pin(cid)  # already pinned by add: pinning again is harmless
     kubo.pin(cid)
     pins = kubo._call("pin/ls", {"arg": cid}, what="list pins").json()
-    assert cid in json.dumps(pins) or parse_cid(cid).to_v1() in {parse_cid(k).to_v1() for k in pins.get("Keys", {})}
+    assert cid in json.dumps(pins) or parse_cid(cid).to_v1() in {
+        parse_cid(k).to_v1() for k in pins.get("Keys", {})
+    }
 
 
 @pytest.mark.devnet
@@ -191,7 +193,7 @@ def fake() -> Iterator[tuple[str, _Script]]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             script.requests.append((self.path, body))
             status, payload = script.responses.pop(0) if len(script.responses) > 1 else script.responses[0]

@@ -12,7 +12,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 from pathlib import Path
 
 import pandas as pd
@@ -57,9 +57,16 @@ def test_file_is_wal_versioned_and_indexed(ledger: Ledger) -> None:
     assert ledger.query("PRAGMA journal_mode") == [("wal",)]
     assert ledger.query("PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert ledger.query("PRAGMA busy_timeout")[0][0] >= 5000
-    indexes = ledger.query("SELECT tbl_name, name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+    indexes = ledger.query(
+        "SELECT tbl_name, name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+    )
     indexed = {(table, ledger.query(f"PRAGMA index_info({name})")[0][2]) for table, name in indexes}
-    assert {("runs", "submitted_at"), ("runs", "status"), ("runs", "network"), ("events", "run_id")} <= indexed
+    assert {
+        ("runs", "submitted_at"),
+        ("runs", "status"),
+        ("runs", "network"),
+        ("events", "run_id"),
+    } <= indexed
 
 
 def test_newer_schema_is_refused_with_a_sentence(tmp_path: Path) -> None:
@@ -93,7 +100,10 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
 
 def test_importing_the_ledger_does_not_import_pandas() -> None:
     root = Path(__file__).resolve().parents[1]
-    code = "import sys, decloud_magics.ledger; print(sorted(m for m in ('pandas', 'numpy', 'web3', 'IPython') if m in sys.modules))"
+    code = (
+        "import sys, decloud_magics.ledger; "
+        "print(sorted(m for m in ('pandas', 'numpy', 'web3', 'IPython') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -131,7 +141,9 @@ def test_run_round_trips_every_field(ledger: Ledger) -> None:
     )
     ledger.record_run(run)
     back = ledger.get_run("0a1b2c")
-    assert back == RunRecord(**{**run.__dict__, "started_at": datetime(2024, 5, 1, 12, 0, 1, tzinfo=timezone.utc)})
+    assert back == RunRecord(
+        **{**run.__dict__, "started_at": datetime(2024, 5, 1, 12, 0, 1, tzinfo=timezone.utc)}
+    )
     assert back is not None
     assert back.submitted_at.tzinfo is timezone.utc and back.started_at is not None
     assert back.started_at.utcoffset() == timedelta(0)
@@ -160,7 +172,9 @@ def test_duplicate_run_id_is_refused(ledger: Ledger) -> None:
         ("worker", b"0xabc", TypeError),
     ],
 )
-def test_bad_values_are_refused_before_they_are_stored(ledger: Ledger, field: str, value: object, error: type) -> None:
+def test_bad_values_are_refused_before_they_are_stored(
+    ledger: Ledger, field: str, value: object, error: type
+) -> None:
     with pytest.raises(error):
         ledger.record_run(make_run("aa", **{field: value}))
     assert ledger.get_run("aa") is None
@@ -217,8 +231,14 @@ def test_find_run_by_prefix(ledger: Ledger) -> None:
 
 def test_runs_in_flight(ledger: Ledger) -> None:
     for i, status in enumerate(Status):
-        ledger.record_run(make_run(f"{i:02x}", status=status, network="local" if i % 2 else "devnet",
-                                   submitted_at=NOW + timedelta(seconds=i)))  # fmt: skip
+        ledger.record_run(
+            make_run(
+                f"{i:02x}",
+                status=status,
+                network="local" if i % 2 else "devnet",
+                submitted_at=NOW + timedelta(seconds=i),
+            )
+        )
     flying = ledger.runs_in_flight()
     assert [r.status for r in flying] == [Status.CREATED, Status.OPEN, Status.CLAIMED, Status.RUNNING]
     assert all(not r.is_final for r in flying)
@@ -230,8 +250,18 @@ def test_runs_in_flight(ledger: Ledger) -> None:
 
 def test_events_round_trip_in_time_order(ledger: Ledger) -> None:
     ledger.record_run(make_run("aa"))
-    late = RunEvent(EventKind.COMPLETED, "aa", at=NOW + timedelta(seconds=9), block=12, tx_hash="0x" + "1" * 64,
-                    gas_used=90_000, price_wei=2**80, worker="0xw", message="done", data={"digest": "ab", "n": 2})  # fmt: skip
+    late = RunEvent(
+        EventKind.COMPLETED,
+        "aa",
+        at=NOW + timedelta(seconds=9),
+        block=12,
+        tx_hash="0x" + "1" * 64,
+        gas_used=90_000,
+        price_wei=2**80,
+        worker="0xw",
+        message="done",
+        data={"digest": "ab", "n": 2},
+    )
     early = RunEvent(EventKind.CREATED, "aa", at=NOW, block=10, gas_used=50_000, price_wei=ETHER // 1000)
     ledger.add_event(late)
     ledger.add_event(early)
@@ -242,7 +272,9 @@ def test_events_round_trip_in_time_order(ledger: Ledger) -> None:
 
 def test_add_event_can_update_the_run_in_the_same_transaction(ledger: Ledger) -> None:
     ledger.record_run(make_run("aa"))
-    ledger.add_event(RunEvent(EventKind.RUNNING, "aa", at=NOW, worker="0xw"), status=Status.RUNNING, worker="0xw")
+    ledger.add_event(
+        RunEvent(EventKind.RUNNING, "aa", at=NOW, worker="0xw"), status=Status.RUNNING, worker="0xw"
+    )
     run = ledger.get_run("aa")
     assert run is not None and (run.status, run.worker) == (Status.RUNNING, "0xw")
     with pytest.raises(ValueError):
@@ -263,25 +295,64 @@ def test_spent_wei_counts_what_left_the_wallet(ledger: Ledger) -> None:
     price = ETHER // 100
     ledger.record_runs(
         [
-            make_run("01", status=Status.COMPLETED, task_id=1, price_wei=price, gas_cost_wei=gas, submitted_at=NOW),
+            make_run(
+                "01", status=Status.COMPLETED, task_id=1, price_wei=price, gas_cost_wei=gas, submitted_at=NOW
+            ),
             # In flight: the escrowed price is gone from the wallet until it comes back.
-            make_run("02", status=Status.RUNNING, task_id=2, price_wei=price, gas_cost_wei=gas, submitted_at=NOW),
+            make_run(
+                "02", status=Status.RUNNING, task_id=2, price_wei=price, gas_cost_wei=gas, submitted_at=NOW
+            ),
             make_run("03", status=Status.CREATED, price_wei=price, submitted_at=NOW),
             # Refunded: only the gas counts.
-            make_run("04", status=Status.CANCELLED, task_id=4, price_wei=price, gas_cost_wei=gas, refunded_wei=price,
-                     submitted_at=NOW),  # fmt: skip
-            make_run("05", status=Status.NOT_PROCESSED, task_id=5, price_wei=price, gas_cost_wei=gas,
-                     refunded_wei=price, submitted_at=NOW),  # fmt: skip
-            make_run("06", status=Status.DISPUTED, task_id=6, price_wei=price, gas_cost_wei=gas, refunded_wei=price,
-                     submitted_at=NOW),  # fmt: skip
+            make_run(
+                "04",
+                status=Status.CANCELLED,
+                task_id=4,
+                price_wei=price,
+                gas_cost_wei=gas,
+                refunded_wei=price,
+                submitted_at=NOW,
+            ),
+            make_run(
+                "05",
+                status=Status.NOT_PROCESSED,
+                task_id=5,
+                price_wei=price,
+                gas_cost_wei=gas,
+                refunded_wei=price,
+                submitted_at=NOW,
+            ),
+            make_run(
+                "06",
+                status=Status.DISPUTED,
+                task_id=6,
+                price_wei=price,
+                gas_cost_wei=gas,
+                refunded_wei=price,
+                submitted_at=NOW,
+            ),
             # Not processed and not reclaimed yet: the escrow is still out.
-            make_run("07", status=Status.NOT_PROCESSED, task_id=7, price_wei=price, gas_cost_wei=gas,
-                     submitted_at=NOW),  # fmt: skip
+            make_run(
+                "07",
+                status=Status.NOT_PROCESSED,
+                task_id=7,
+                price_wei=price,
+                gas_cost_wei=gas,
+                submitted_at=NOW,
+            ),
             # Failed before reaching the chain: nothing was escrowed.
             make_run("08", status=Status.FAILED, price_wei=price, error="bad input", submitted_at=NOW),
             # Another network, and an older run.
-            make_run("09", network="devnet", status=Status.COMPLETED, task_id=9, price_wei=price, submitted_at=NOW),
-            make_run("0a", status=Status.COMPLETED, task_id=10, price_wei=price, submitted_at=NOW - timedelta(days=2)),
+            make_run(
+                "09", network="devnet", status=Status.COMPLETED, task_id=9, price_wei=price, submitted_at=NOW
+            ),
+            make_run(
+                "0a",
+                status=Status.COMPLETED,
+                task_id=10,
+                price_wei=price,
+                submitted_at=NOW - timedelta(days=2),
+            ),
         ]
     )
     local_recent = (price + gas) * 2 + price + gas * 3 + price + gas
@@ -323,19 +394,44 @@ def assert_history_dtypes(frame: pd.DataFrame) -> None:
     for name in ("price", "gas_cost", "total_cost"):
         assert frame[name].dtype == object
         assert all(type(v) is Decimal for v in frame[name]), name
-    for name in ("run_id", "name", "network", "status", "worker", "input_cid", "result_cid", "error", "cell_hash"):
+    for name in (
+        "run_id",
+        "name",
+        "network",
+        "status",
+        "worker",
+        "input_cid",
+        "result_cid",
+        "error",
+        "cell_hash",
+    ):
         assert pd.api.types.is_string_dtype(frame[name].dtype), name
 
 
 def test_history_frame_columns_dtypes_and_order(ledger: Ledger) -> None:
     ledger.record_runs(
         [
-            make_run("old", name="a", status=Status.COMPLETED, submitted_at=NOW,
-                     started_at=NOW + timedelta(seconds=1), completed_at=NOW + timedelta(seconds=31.5),
-                     price_wei=ETHER // 1000, gas_used=100_000, gas_cost_wei=100_000 * 20 * GWEI),  # fmt: skip
-            make_run("new", name="b", status=Status.RUNNING, submitted_at=NOW + timedelta(minutes=5),
-                     price_wei=2**90),  # fmt: skip
-            make_run("tie", name="c", submitted_at=NOW + timedelta(minutes=5)),  # same instant: later insert first
+            make_run(
+                "old",
+                name="a",
+                status=Status.COMPLETED,
+                submitted_at=NOW,
+                started_at=NOW + timedelta(seconds=1),
+                completed_at=NOW + timedelta(seconds=31.5),
+                price_wei=ETHER // 1000,
+                gas_used=100_000,
+                gas_cost_wei=100_000 * 20 * GWEI,
+            ),
+            make_run(
+                "new",
+                name="b",
+                status=Status.RUNNING,
+                submitted_at=NOW + timedelta(minutes=5),
+                price_wei=2**90,
+            ),
+            make_run(
+                "tie", name="c", submitted_at=NOW + timedelta(minutes=5)
+            ),  # same instant: later insert first
         ]
     )
     frame = ledger.history_frame()
@@ -395,7 +491,9 @@ def test_history_frame_filters(ledger: Ledger) -> None:
     assert ids(since=now - timedelta(hours=1)) == ["a", "b"]
     assert ids(since=(now - timedelta(days=4)).isoformat()) == ["a", "b", "c", "d"]
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    expected_today = [r for r, age in [("a", 10 / 60), ("b", 0.75), ("c", 5)] if now - timedelta(hours=age) >= midnight]
+    expected_today = [
+        r for r, age in [("a", 10 / 60), ("b", 0.75), ("c", 5)] if now - timedelta(hours=age) >= midnight
+    ]
     assert ids(since="today") == expected_today
     assert ids(limit=2) == ["a", "b"]
     assert ids(limit=0) == []
@@ -417,7 +515,9 @@ def test_parse_since() -> None:
     assert parse_since("1w", now=NOW) == NOW - timedelta(weeks=1)
     assert parse_since("today", now=NOW) == datetime(2024, 5, 1, tzinfo=timezone.utc)
     assert parse_since("Yesterday", now=NOW) == datetime(2024, 4, 30, tzinfo=timezone.utc)
-    assert parse_since("2024-04-01", now=NOW) == datetime(2024, 4, 1, tzinfo=timezone.utc)  # naive text is UTC
+    assert parse_since("2024-04-01", now=NOW) == datetime(
+        2024, 4, 1, tzinfo=timezone.utc
+    )  # naive text is UTC
     assert parse_since("2024-04-01T02:00+02:00", now=NOW) == datetime(2024, 4, 1, tzinfo=timezone.utc)
     assert parse_since(datetime(2024, 4, 1), now=NOW) == datetime(2024, 4, 1, tzinfo=timezone.utc)
     assert parse_since("today", now=datetime(2024, 5, 1, 1, tzinfo=timezone(timedelta(hours=5)))) == datetime(
@@ -429,7 +529,9 @@ def test_parse_since() -> None:
 
 
 def test_events_frame(ledger: Ledger) -> None:
-    ledger.add_event(RunEvent(EventKind.CREATED, "aa", at=NOW, block=3, gas_used=60_000, price_wei=ETHER // 10))
+    ledger.add_event(
+        RunEvent(EventKind.CREATED, "aa", at=NOW, block=3, gas_used=60_000, price_wei=ETHER // 10)
+    )
     ledger.add_event(RunEvent(EventKind.STDOUT, "aa", at=NOW + timedelta(seconds=1), message="hello\n"))
     frame = ledger.events_frame("aa")
     assert list(frame.columns) == list(EVENT_COLUMNS)
@@ -446,15 +548,48 @@ def test_summary_frame(ledger: Ledger) -> None:
     price, gas = ETHER // 100, 21_000 * GWEI
     ledger.record_runs(
         [
-            make_run("01", status=Status.COMPLETED, task_id=1, price_wei=price, gas_cost_wei=gas,
-                     submitted_at=NOW - timedelta(minutes=5), completed_at=NOW - timedelta(minutes=4)),  # fmt: skip
-            make_run("02", status=Status.COMPLETED, task_id=2, price_wei=price, gas_cost_wei=gas,
-                     submitted_at=NOW - timedelta(hours=3), completed_at=NOW - timedelta(hours=3) + timedelta(seconds=20)),  # fmt: skip
-            make_run("03", status=Status.FAILED, task_id=3, price_wei=price, submitted_at=NOW - timedelta(days=2),
-                     completed_at=NOW - timedelta(days=2) + timedelta(seconds=1)),  # fmt: skip
-            make_run("04", status=Status.RUNNING, task_id=4, price_wei=price, submitted_at=NOW - timedelta(minutes=1)),
-            make_run("05", status=Status.CANCELLED, task_id=5, price_wei=price, gas_cost_wei=gas, refunded_wei=price,
-                     submitted_at=NOW - timedelta(minutes=2)),  # fmt: skip
+            make_run(
+                "01",
+                status=Status.COMPLETED,
+                task_id=1,
+                price_wei=price,
+                gas_cost_wei=gas,
+                submitted_at=NOW - timedelta(minutes=5),
+                completed_at=NOW - timedelta(minutes=4),
+            ),
+            make_run(
+                "02",
+                status=Status.COMPLETED,
+                task_id=2,
+                price_wei=price,
+                gas_cost_wei=gas,
+                submitted_at=NOW - timedelta(hours=3),
+                completed_at=NOW - timedelta(hours=3) + timedelta(seconds=20),
+            ),
+            make_run(
+                "03",
+                status=Status.FAILED,
+                task_id=3,
+                price_wei=price,
+                submitted_at=NOW - timedelta(days=2),
+                completed_at=NOW - timedelta(days=2) + timedelta(seconds=1),
+            ),
+            make_run(
+                "04",
+                status=Status.RUNNING,
+                task_id=4,
+                price_wei=price,
+                submitted_at=NOW - timedelta(minutes=1),
+            ),
+            make_run(
+                "05",
+                status=Status.CANCELLED,
+                task_id=5,
+                price_wei=price,
+                gas_cost_wei=gas,
+                refunded_wei=price,
+                submitted_at=NOW - timedelta(minutes=2),
+            ),
             make_run("06", network="devnet", status=Status.DISPUTED, submitted_at=NOW),
         ]
     )
@@ -462,7 +597,13 @@ def test_summary_frame(ledger: Ledger) -> None:
     assert list(frame.columns) == list(SUMMARY_COLUMNS)
     assert len(frame) == 1
     row = frame.iloc[0]
-    assert (row["runs"], row["completed"], row["failed"], row["cancelled"], row["disputed"]) == (6, 2, 1, 1, 1)
+    assert (row["runs"], row["completed"], row["failed"], row["cancelled"], row["disputed"]) == (
+        6,
+        2,
+        1,
+        1,
+        1,
+    )
     assert row["not_processed"] == 0 and row["in_flight"] == 1
     for name in ("spent_hour", "spent_today", "spent_total"):
         assert type(row[name]) is Decimal, name
@@ -481,7 +622,10 @@ def test_summary_frame(ledger: Ledger) -> None:
 @given(
     wei=st.integers(min_value=0, max_value=2**256 - 1),
     moment=st.datetimes(
-        min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(timezone.utc)
+        # Float seconds hold every microsecond until 2106 (2**32 s).
+        min_value=datetime(1971, 1, 1),
+        max_value=datetime(2106, 1, 1),
+        timezones=st.just(timezone.utc),
     ),
 )
 def test_money_and_time_survive_storage_and_views_exactly(tmp_path: Path, wei: int, moment: datetime) -> None:
@@ -493,10 +637,12 @@ def test_money_and_time_survive_storage_and_views_exactly(tmp_path: Path, wei: i
         assert ledger.events("aa")[0].price_wei == wei
         assert ledger.spent_wei() == 2 * wei
         row = ledger.history_frame().iloc[0]
-        assert row["price"].scaleb(18) == wei  # scaleb is exact: no rounding hides here
-        assert row["total_cost"].scaleb(18) == 2 * wei
         assert row["submitted_at"] == pd.Timestamp(moment)
-        assert ledger.events_frame("aa")["price"].iloc[0].scaleb(18) == wei
+        event_price = ledger.events_frame("aa")["price"].iloc[0]
+        with localcontext(Context(prec=100)):  # the default 28 digits would round the check itself
+            assert row["price"] * ETHER == wei
+            assert row["total_cost"] * ETHER == 2 * wei
+            assert event_price * ETHER == wei
 
 
 # -- concurrency -----------------------------------------------------------
@@ -513,7 +659,9 @@ def write_runs(path: str, writer: str, count: int, start: object) -> None:
             ledger.record_run(make_run(run_id, network=writer, task_id=i, price_wei=i))
             ledger.add_event(RunEvent(EventKind.CREATED, run_id, price_wei=i), status=Status.OPEN)
             ledger.add_event(RunEvent(EventKind.COMPLETED, run_id, gas_used=21_000))
-            ledger.update_run(run_id, status=Status.COMPLETED, completed_at=utcnow(), gas_cost_wei=21_000 * GWEI)
+            ledger.update_run(
+                run_id, status=Status.COMPLETED, completed_at=utcnow(), gas_cost_wei=21_000 * GWEI
+            )
             if i % 50 == 0:
                 ledger.history_frame(limit=10)  # readers run alongside the writers
 
@@ -538,7 +686,9 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
     start.set()
     for process in processes:
         process.join(timeout=180)
-    assert [p.exitcode for p in processes] == [0, 0], "a writer failed; its traceback is in the captured stderr"
+    assert [p.exitcode for p in processes] == [0, 0], (
+        "a writer failed; its traceback is in the captured stderr"
+    )
     assert_all_written(path, writers, 200)
 
 
@@ -570,6 +720,23 @@ def test_threads_writing_at_once_lose_nothing(tmp_path: Path) -> None:
             thread.join(timeout=120)
         assert not errors, errors
     assert_all_written(path, writers, 100)
+
+
+def open_handles(path: Path) -> int:
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path.resolve()))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts file handles through /proc")
+def test_threads_that_end_do_not_leave_connections_open(ledger: Ledger) -> None:
+    # A kernel starts a watcher thread per run; their handles must not pile up.
+    for i in range(30):
+        thread = threading.Thread(target=ledger.record_run, args=(make_run(f"{i:04x}"),))
+        thread.start()
+        thread.join()
+    ledger.get_run("0000")  # the next connection opened sweeps up after the dead threads
+    assert len(ledger.history_frame()) == 30
+    assert open_handles(ledger.path) <= 3
 
 
 # -- secrets ---------------------------------------------------------------

@@ -79,7 +79,19 @@ def test_digest_and_raw_check() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "hello", "Qmfoo", "bafkxyz", "b" + "a" * 20, "zzzz", KNOWN[b""][:-4], "Qm" + "0" * 44, "x" * 2000, None, 42],
+    [
+        "",
+        "hello",
+        "Qmfoo",
+        "bafkxyz",
+        "b" + "a" * 20,
+        "zzzz",
+        KNOWN[b""][:-4],
+        "Qm" + "0" * 44,
+        "x" * 2000,
+        None,
+        42,
+    ],
 )
 def test_parse_cid_refuses_garbage_with_a_sentence(bad: object) -> None:
     with pytest.raises(StoreError) as info:
@@ -120,9 +132,9 @@ def store(tmp_path: Path) -> LocalStore:
 
 def test_local_roundtrip(store: LocalStore) -> None:
     assert isinstance(store, Store)
-    for data in KNOWN:
+    for data, known in KNOWN.items():
         cid = store.put(data)
-        assert cid == KNOWN[data]
+        assert cid == known
         assert store.has(cid)
         assert store.get(cid) == data
         store.pin(cid)
@@ -203,7 +215,9 @@ def _put_in_process(args: tuple[str, int]) -> str:
 
 def test_local_concurrent_puts_from_processes(store: LocalStore) -> None:
     with ProcessPoolExecutor(4) as pool:
-        cids = list(pool.map(_put_in_process, [(str(store.root), -1)] * 6 + [(str(store.root), i) for i in range(6)]))
+        cids = list(
+            pool.map(_put_in_process, [(str(store.root), -1)] * 6 + [(str(store.root), i) for i in range(6)])
+        )
     assert len(set(cids[:6])) == 1
     assert store.get(cids[0]) == hashlib.sha256(b"shared").digest() * 40_000
     for cid in cids:

@@ -10,6 +10,7 @@ package is installed beside it and runs it, whatever node is on PATH.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -21,10 +22,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, NetworkUnreachable
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 IPFS_VERSION = "0.66.1"
 NODE_MAJOR = "22"
@@ -35,7 +40,9 @@ _INSTALL_TIMEOUT = 1200.0  # npm resolves ~1000 packages: minutes, not hours
 def node_package() -> str:
     """The npm package that ships a Node 22 binary for this machine."""
     plat = {"linux": "linux", "darwin": "darwin"}.get(sys.platform)
-    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower())
+    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine().lower()
+    )
     if plat is None or arch is None:
         raise ConfigError(
             f"The devnet IPFS node runs on Linux or macOS (x64/arm64), not {sys.platform}/{platform.machine()}: "
@@ -54,7 +61,7 @@ def install_command(tools_dir: Path) -> list[str]:
 
 def install_hint(tools_dir: Path) -> str:
     """The one command to show users, so a skip or an error says exactly what to run."""
-    return f"{Path(sys.executable).name} -m decloud_magics.devnet.ipfs_node install --tools {tools_dir}"
+    return f"{Path(sys.executable).name} -m decloud_magics.devnet.ipfs_node install {tools_dir}"
 
 
 def default_tools_dir() -> Path:
@@ -78,7 +85,9 @@ def node_binary(tools_dir: Path) -> Path:
 def ipfs_installed(tools_dir: Path) -> bool:
     """Whether a complete install is there (the marker is written only after npm succeeded)."""
     tools_dir = Path(tools_dir)
-    return (tools_dir / _MARKER).is_file() and ipfs_cli(tools_dir).is_file() and node_binary(tools_dir).is_file()
+    return (
+        (tools_dir / _MARKER).is_file() and ipfs_cli(tools_dir).is_file() and node_binary(tools_dir).is_file()
+    )
 
 
 def ensure_ipfs_installed(tools_dir: Path, progress: Callable[[str], None] | None = None) -> Path:
@@ -93,7 +102,8 @@ def ensure_ipfs_installed(tools_dir: Path, progress: Callable[[str], None] | Non
             "with npm, then run this again."
         )
     tools_dir.mkdir(parents=True, exist_ok=True)
-    with _install_lock(tools_dir):
+    with open(tools_dir / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two npm runs in one prefix corrupt it; released on close
         if ipfs_installed(tools_dir):  # another process finished it while we waited
             return ipfs_cli(tools_dir)
         manifest = tools_dir / "package.json"
@@ -120,7 +130,9 @@ def ensure_ipfs_installed(tools_dir: Path, progress: Callable[[str], None] | Non
 def _run_with_heartbeat(cmd: list[str], log_path: Path, say: Callable[[str], None], started: float) -> None:
     """Run npm with its output in a log, saying every 20 s that it is still going."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         try:
             while True:
                 try:
@@ -138,44 +150,31 @@ def _run_with_heartbeat(cmd: list[str], log_path: Path, say: Callable[[str], Non
             if proc.poll() is None:
                 _kill_group(proc)
     if rc != 0:
-        tail = _tail(log_path)
-        raise ConfigError(f"npm install failed with exit code {rc}: see {log_path} and run again.\n{tail}")
+        raise ConfigError(
+            f"npm install failed with exit code {rc}: see {log_path} and run again.\n" + _tail(log_path)
+        )
 
 
-@contextlib.contextmanager
-def _install_lock(tools_dir: Path) -> Iterator[None]:
-    """Serialize installs into one folder: two npm runs in one prefix corrupt it."""
-    import fcntl
-
-    with open(tools_dir / ".install.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_free(port: int) -> bool:
+def free_port(port: int = 0) -> int:
+    """``port`` if nothing listens on it (0: one the OS picks); ConfigError if it is taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a just-stopped node's TIME_WAIT is fine
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
-            return False
-    return True
+            raise ConfigError(
+                f"Port {port} on 127.0.0.1 is taken by another program: stop it, or give the IPFS node "
+                "other ports (0 picks free ones)."
+            ) from None
+        return int(s.getsockname()[1])
 
 
 class IpfsNode:
     """One js-ipfs daemon, offline and bound to localhost, owning ``repo``."""
 
-    def __init__(self, repo: Path, api_port: int = 0, gateway_port: int = 0, tools_dir: Path | None = None) -> None:
+    def __init__(
+        self, repo: Path, api_port: int = 0, gateway_port: int = 0, tools_dir: Path | None = None
+    ) -> None:
         # Absolute, because the daemon runs with the repo as its working directory.
         self.repo = Path(repo).absolute()
         # Ports are fixed once, so a restarted node keeps the URL clients hold.
@@ -192,10 +191,6 @@ class IpfsNode:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
-
-    @property
-    def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway_port}"
 
     @property
     def pid(self) -> int | None:
@@ -223,17 +218,12 @@ class IpfsNode:
         if not (self.repo / "config").is_file():
             self._cli(["init", "--profile", "test"], timeout=max(5.0, deadline - time.monotonic()))
         peer_id = self._write_config()
-        for port in (self.api_port, self.gateway_port):
-            if not _port_free(port):
-                raise ConfigError(
-                    f"Port {port} on 127.0.0.1 is taken by another program: stop it, or give the IPFS node "
-                    "other ports (0 picks free ones)."
-                )
+        free_port(self.api_port), free_port(self.gateway_port)
         with open(self.log_path, "ab") as log:
             log.write(f"\n--- starting js-ipfs daemon, API {self.api_url} ---\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                [str(node_binary(self.tools_dir)), str(ipfs_cli(self.tools_dir)), "daemon", "--offline", "--enable-preload=false"],
+                self._command("daemon", "--offline", "--enable-preload=false"),
                 env=self._env(),
                 cwd=self.repo,
                 stdin=subprocess.DEVNULL,
@@ -255,7 +245,7 @@ class IpfsNode:
             with contextlib.suppress(OSError):
                 (self.repo / name).unlink()
 
-    def __enter__(self) -> IpfsNode:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -270,11 +260,20 @@ class IpfsNode:
         env.pop("DEBUG", None)  # js debug logging would flood the log file
         return env
 
+    def _command(self, *args: str) -> list[str]:
+        return [str(node_binary(self.tools_dir)), str(ipfs_cli(self.tools_dir)), *args]
+
     def _cli(self, args: list[str], timeout: float) -> None:
-        cmd = [str(node_binary(self.tools_dir)), str(ipfs_cli(self.tools_dir)), *args]
         with open(self.log_path, "ab") as log:
             try:
-                rc = subprocess.run(cmd, env=self._env(), stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+                rc = subprocess.run(
+                    self._command(*args),
+                    check=False,
+                    env=self._env(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                ).returncode
             except subprocess.TimeoutExpired:
                 rc = -1
         if rc != 0:
@@ -305,7 +304,8 @@ class IpfsNode:
 
     def _wait_ready(self, deadline: float, timeout: float, peer_id: str) -> None:
         """Poll ``/api/v0/id`` until our daemon answers (its peer ID, not some other node's)."""
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy: it is localhost
+        # Never through a proxy: the node is on localhost.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         url = f"{self.api_url}/api/v0/id"
         while True:
             assert self._proc is not None
@@ -313,7 +313,8 @@ class IpfsNode:
                 rc = self._proc.returncode
                 self.stop()
                 raise NetworkUnreachable(
-                    f"The js-ipfs daemon exited with code {rc} while starting: see {self.log_path}.\n" + _tail(self.log_path)
+                    f"The js-ipfs daemon exited with code {rc} while starting: see {self.log_path}.\n"
+                    + _tail(self.log_path)
                 )
             try:
                 with opener.open(urllib.request.Request(url, data=b"", method="POST"), timeout=2) as resp:
@@ -335,7 +336,10 @@ class IpfsNode:
         A killed daemon leaves ``repo.lock`` behind, which js-ipfs honours for
         20 s; we own the repo, so once no daemon runs the lock is ours to drop.
         """
-        pid = _read_pid(self._pid_file)
+        try:
+            pid = int(self._pid_file.read_text().strip())
+        except (OSError, ValueError):
+            pid = None
         if pid is not None and _is_our_daemon(pid, self.repo):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
@@ -352,13 +356,6 @@ class IpfsNode:
             else:
                 with contextlib.suppress(OSError):
                     target.unlink()
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def _is_our_daemon(pid: int, repo: Path) -> bool:
@@ -394,22 +391,11 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m decloud_magics.devnet.ipfs_node install [--tools DIR]``: the one-time set-up by hand."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m decloud_magics.devnet.ipfs_node")
-    parser.add_argument("action", choices=["install"])
-    parser.add_argument("--tools", type=Path, default=None, help="install folder (default: DECLOUD_TOOLS or decloud home)")
-    args = parser.parse_args(argv)
-    try:
-        print(ensure_ipfs_installed(args.tools or default_tools_dir()))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
-
+    # `python -m decloud_magics.devnet.ipfs_node install [TOOLS_DIR]`: the one-time set-up by hand.
+    if sys.argv[1:2] != ["install"] or len(sys.argv) > 3:
+        sys.exit("usage: python -m decloud_magics.devnet.ipfs_node install [TOOLS_DIR]")
+    try:
+        print(ensure_ipfs_installed(Path(sys.argv[2]) if len(sys.argv) > 2 else default_tools_dir()))
+    except ConfigError as exc:
+        sys.exit(str(exc))

@@ -52,7 +52,9 @@ def verify(cid: str, data: bytes | bytearray | memoryview) -> bool:
     if p.codec == DAG_PB:
         return False
     if p.codec != RAW:
-        raise StoreError(f"CID {cid} uses the {p.codec_name} codec, which decloud does not store: pass a raw or dag-pb CID.")
+        raise StoreError(
+            f"CID {cid} uses the {p.codec_name} codec, which decloud does not store: pass a raw or dag-pb CID."
+        )
     if p.hash_code == IDENTITY:
         actual = bytes(data)
     elif p.hash_code in _HASHERS:

@@ -62,7 +62,9 @@ def cid_for(data: bytes | bytearray | memoryview) -> str:
 def cid_from_sha256(digest: bytes) -> str:
     """The raw CIDv1 for an already computed sha256, so large payloads are hashed once."""
     if len(digest) != 32:
-        raise StoreError(f"A sha256 digest is 32 bytes, got {len(digest)}: pass hashlib.sha256(data).digest().")
+        raise StoreError(
+            f"A sha256 digest is 32 bytes, got {len(digest)}: pass hashlib.sha256(data).digest()."
+        )
     # version 1, codec raw, multihash sha2-256 of length 32: all single-byte varints.
     return "b" + _b32(bytes((1, RAW, SHA2_256, 32)) + digest)
 
@@ -73,17 +75,23 @@ def parse_cid(cid: str) -> ParsedCid:
         raise StoreError(f"{cid!r} is not a CID: pass the CID string a store returned (e.g. 'bafkrei...').")
     text = cid.strip()
     if len(text) > _MAX_CID_CHARS:
-        raise StoreError(f"A {len(text)}-character string is not a CID: pass the CID string a store returned.")
+        raise StoreError(
+            f"A {len(text)}-character string is not a CID: pass the CID string a store returned."
+        )
     if len(text) == 46 and text.startswith("Qm"):
         raw = _b58decode(text, cid)
         hash_code, digest = _read_multihash(raw, 0, cid)
         if hash_code != SHA2_256:
-            raise StoreError(f"{cid!r} is not a valid CIDv0 (it must hold a sha2-256 hash): check that it was copied whole.")
+            raise StoreError(
+                f"{cid!r} is not a valid CIDv0 (it must hold a sha2-256 hash): check that it was copied whole."
+            )
         return ParsedCid(0, DAG_PB, hash_code, digest)
     raw = _decode_multibase(text, cid)
     version, pos = _read_varint(raw, 0, cid)
     if version != 1:
-        raise StoreError(f"{cid!r} has CID version {version}; only versions 0 and 1 exist: check that it was copied whole.")
+        raise StoreError(
+            f"{cid!r} has CID version {version}; only versions 0 and 1 exist: check that it was copied whole."
+        )
     codec, pos = _read_varint(raw, pos, cid)
     hash_code, digest = _read_multihash(raw, pos, cid)
     return ParsedCid(1, codec, hash_code, digest)
@@ -121,7 +129,9 @@ def _decode_multibase(text: str, cid: str) -> bytes:
         if prefix in "fF":  # base16
             return bytes.fromhex(body)
     except (binascii.Error, ValueError):
-        raise StoreError(f"{cid!r} is not a valid CID (its encoding is broken): check that it was copied whole.") from None
+        raise StoreError(
+            f"{cid!r} is not a valid CID (its encoding is broken): check that it was copied whole."
+        ) from None
     raise StoreError(
         f"{cid!r} is not a CID this store reads: pass a base32 CIDv1 ('b...') or a CIDv0 ('Qm...')."
     )
@@ -133,7 +143,9 @@ def _b58decode(text: str, cid: str) -> bytes:
         try:
             n = n * 58 + _B58_INDEX[ch]
         except KeyError:
-            raise StoreError(f"{cid!r} is not a valid CID ({ch!r} is not base58): check that it was copied whole.") from None
+            raise StoreError(
+                f"{cid!r} is not a valid CID ({ch!r} is not base58): check that it was copied whole."
+            ) from None
     zeros = len(text) - len(text.lstrip("1"))
     body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
     return b"\x00" * zeros + body
@@ -171,5 +183,7 @@ def _read_multihash(raw: bytes, pos: int, cid: str) -> tuple[int, bytes]:
             f"{cid!r} is not a valid CID (its hash should be {length} bytes, found {len(digest)}): check that it was copied whole."
         )
     if hash_code == SHA2_256 and length != 32:
-        raise StoreError(f"{cid!r} is not a valid CID (a sha2-256 hash is 32 bytes): check that it was copied whole.")
+        raise StoreError(
+            f"{cid!r} is not a valid CID (a sha2-256 hash is 32 bytes): check that it was copied whole."
+        )
     return hash_code, bytes(digest)

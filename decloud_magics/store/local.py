@@ -95,7 +95,9 @@ class LocalStore:
                 f"The local store has no block {cid}: put the content first, or use the network that stored it."
             ) from None
         except OSError as exc:
-            raise StoreError(f"Could not read block {path} ({exc.strerror}): check the folder's permissions.") from None
+            raise StoreError(
+                f"Could not read block {path} ({exc.strerror}): check the folder's permissions."
+            ) from None
         if hashlib.sha256(data).digest() != parse_cid(path.name).digest:
             moved = self._quarantine(path, inode)
             raise IntegrityError(
@@ -115,7 +117,9 @@ class LocalStore:
     def pin(self, cid: str) -> None:
         """Nothing is ever collected here, so pinning only checks the block exists."""
         if not self.has(cid):
-            raise ContentNotFound(f"Cannot pin {cid}: the local store has no such block; put the content first.")
+            raise ContentNotFound(
+                f"Cannot pin {cid}: the local store has no such block; put the content first."
+            )
 
     def _name(self, cid: str) -> str:
         p = parse_cid(cid)  # StoreError for strings that are not CIDs at all

@@ -87,11 +87,25 @@ def _enter_sandbox(config: dict[str, Any]) -> None:
                 resource.setrlimit(getattr(resource, name), (int(soft), int(hard)))
             except (ValueError, OSError):  # a limit the platform refuses is left as it was
                 pass
+    if config.get("cpu_seconds"):
+        # The soft CPU limit sends SIGXCPU; raising here stops the cell with a
+        # clear error and still reports what it computed (the hard limit kills later).
+        import signal
+
+        signal.signal(signal.SIGXCPU, _cpu_limit_reached)
     procs = config.get("cgroup_procs")
     if procs:
         with open(procs, "w") as fh:  # every process the cell starts inherits this cgroup
             fh.write(str(os.getpid()))
     sys.argv = ["<cell>"]
+
+
+class CPUTimeExceeded(BaseException):
+    """Raised in the cell when it has used its CPU seconds (a BaseException, like KeyboardInterrupt)."""
+
+
+def _cpu_limit_reached(signum: int, frame: Any) -> None:
+    raise CPUTimeExceeded("the cell used all the CPU time the sandbox allows")
 
 
 def _run(task: Any, res: ResultPackage, config: dict[str, Any]) -> int:
@@ -192,6 +206,8 @@ def _limit_failure(exc: BaseException, config: dict[str, Any]) -> str | None:
     """A sentence when the cell's exception is one of the sandbox's limits biting."""
     seen: BaseException | None = exc
     while seen is not None:
+        if isinstance(seen, CPUTimeExceeded):
+            return f"The task was stopped after using its {config.get('cpu_seconds')} s of CPU time."
         if isinstance(seen, MemoryError):
             mb = config.get("memory_mb")
             limit = f"the sandbox's {mb} MB" if mb else "the memory available"

@@ -110,6 +110,8 @@ def run_in_sandbox(
             os.close(write_fd)
         run = _Supervisor(proc, read_fd, limits, on_stdout).supervise(timeout)
         run.wall = time.monotonic() - started
+        if isolated:
+            _undo_unshare_quirk(run)
         run.process_limit_hit = cgroup is not None and cgroup.limit_hit()
         return _assemble(run, limits, timeout, isolated, cgroup is not None)
     finally:
@@ -141,6 +143,7 @@ def _spawn(
         "rlimits": _rlimits(limits, cgroup is None),
         "cgroup_procs": cgroup.procs if cgroup else None,
         "memory_mb": limits.memory_mb,
+        "cpu_seconds": limits.cpu_seconds,
         "file_size_mb": limits.file_size_mb,
         "max_output_bytes": limits.max_output_mb * MB,
     }
@@ -191,7 +194,7 @@ def _environment(scratch: str, limits: SandboxLimits) -> dict[str, str]:
 def _rlimits(limits: SandboxLimits, nproc: bool) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {"RLIMIT_CORE": (0, 0)}
     if limits.cpu_seconds:
-        out["RLIMIT_CPU"] = (limits.cpu_seconds, limits.cpu_seconds + 2)  # SIGXCPU first, SIGKILL after
+        out["RLIMIT_CPU"] = (limits.cpu_seconds, limits.cpu_seconds + 1)  # SIGXCPU first, SIGKILL after
     if limits.memory_mb:
         out["RLIMIT_AS"] = (limits.memory_mb * MB,) * 2
     if limits.file_size_mb:
@@ -350,6 +353,21 @@ def _has_exited(pid: int) -> bool:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:
         return True
+
+
+_UNSHARE_SIGKILL = b"unshare: sigprocmask unblock failed: Invalid argument\n"
+
+
+def _undo_unshare_quirk(run: _Run) -> None:
+    """Recover a SIGKILL that ``unshare`` turned into "exit 1" plus a line on stderr.
+
+    unshare forwards the child's death signal by re-raising it on itself, which
+    fails for SIGKILL (util-linux 2.38); its message is not the cell's output.
+    """
+    head = run.stderr.head
+    if run.returncode == 1 and head.endswith(_UNSHARE_SIGKILL):
+        del head[len(head) - len(_UNSHARE_SIGKILL) :]
+        run.returncode = -signal.SIGKILL
 
 
 def _assemble(run: _Run, limits: SandboxLimits, timeout: float, isolated: bool, cgroup: bool) -> bytes:

@@ -1,0 +1,391 @@
+"""The sandbox: a cell runs like in IPython, and nothing it does can hurt the worker.
+
+Every hostile test ends by running a normal task, to show the worker is fine.
+No test asserts a duration; every run has a timeout so none can hang.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from decloud_magics.package import (
+    ResultPackage,
+    TaskPackage,
+    build_task_package,
+    decode_result,
+    decode_values,
+    encode_task,
+    result_digest,
+)
+from decloud_magics.worker.sandbox import SandboxLimits, network_isolation_available, run_in_sandbox
+
+
+def run(code: str, namespace: dict[str, Any] | None = None, *, timeout: float = 60, **kw: Any) -> ResultPackage:
+    trust = kw.pop("trust_pickle", False)
+    outputs = kw.pop("outputs", None)
+    limits = SandboxLimits(**kw) if kw else None
+    _, task = build_task_package(code, namespace or {}, trust_pickle=trust, outputs=outputs)
+    return decode_result(run_in_sandbox(task, timeout=timeout, limits=limits))
+
+
+def assert_worker_still_fine() -> None:
+    res = run("x = 6 * 7\nprint('ok', x)")
+    assert res.failure is None and res.error is None
+    assert res.stdout == "ok 42\n"
+    assert decode_values(res, trust_pickle=False) == {"x": 42}
+
+
+def processes_with(marker: str) -> list[str]:
+    """Live processes whose command line carries ``marker`` (zombies have none)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if marker.encode() in fh.read():
+                        found.append(pid)
+            except OSError:
+                continue
+    return found
+
+
+# -- running a cell like IPython --------------------------------------------------------
+
+
+def test_print_and_values_come_back() -> None:
+    lines: list[str] = []
+    _, task = build_task_package("y = x * 2\nprint('hello', y)\nprint('bye')", {"x": 21})
+    res = decode_result(run_in_sandbox(task, timeout=60, on_stdout=lines.append))
+    assert res.stdout == "hello 42\nbye\n"
+    assert lines == ["hello 42", "bye"]
+    assert res.exit_status == 0 and res.failure is None and res.error is None
+    assert decode_values(res, trust_pickle=False) == {"y": 42}
+    assert res.truncated == {"stdout": False, "stderr": False}
+
+
+def test_traceback_shows_the_users_line_and_source() -> None:
+    res = run("a = 1\n\ndef f(v):\n    return v / 0\n\nb = f(a)\n")
+    assert res.error is not None and res.exit_status == 1
+    assert (res.error.ename, res.error.evalue) == ("ZeroDivisionError", "division by zero")
+    text = "\n".join(res.error.traceback)
+    assert "Cell line 6" in text and "----> 6 b = f(a)" in text
+    assert "Cell line 4, in f" in text and "----> 4     return v / 0" in text
+    assert "decloud_magics" not in text and "runtime.py" not in text
+    assert text.rstrip().endswith("ZeroDivisionError: division by zero")
+    assert decode_values(res, trust_pickle=False) == {"a": 1}  # what ran before the error is kept
+
+
+def test_library_frames_have_short_paths() -> None:
+    res = run("import json\njson.loads('{bad')")
+    text = "\n".join(res.error.traceback)  # type: ignore[union-attr]
+    assert "File json/decoder.py:" in text or "File json/__init__.py:" in text
+    assert res.error.ename == "JSONDecodeError"  # type: ignore[union-attr]
+
+
+def test_chained_exceptions() -> None:
+    res = run("try:\n    {}['k']\nexcept KeyError as e:\n    raise ValueError('bad key') from e")
+    text = "\n".join(res.error.traceback)  # type: ignore[union-attr]
+    assert "KeyError: 'k'" in text and "direct cause" in text and text.rstrip().endswith("ValueError: bad key")
+
+
+def test_last_expression_dataframe_has_html() -> None:
+    res = run("import pandas as pd\ndf = pd.DataFrame({'a': [1, 2]})\ndf")
+    assert res.error is None, res.error
+    (shown,) = res.displays
+    assert "<table" in shown["data"]["text/html"]
+    assert "a" in shown["data"]["text/plain"]
+
+
+def test_semicolon_hides_the_last_expression_and_display_shows() -> None:
+    res = run("x = 'ünï'; x;")
+    assert res.displays == []
+    res = run("display(1, 'two')\nfrom IPython.display import display as d, HTML\nd(HTML('<b>hi</b>'))\n3")
+    data = [d["data"] for d in res.displays]
+    assert [x["text/plain"] for x in data] == ["1", "'two'", "<IPython.core.display.HTML object>", "3"]
+    assert data[2]["text/html"] == "<b>hi</b>"
+
+
+def test_matplotlib_figure_comes_back_as_png() -> None:
+    res = run("import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()\n")
+    assert res.error is None, res.error
+    pngs = [d for d in res.displays if "image/png" in d["data"]]
+    assert len(pngs) == 1
+    import base64
+
+    assert base64.b64decode(pngs[0]["data"]["image/png"]).startswith(b"\x89PNG")
+    assert "non-interactive" not in res.stderr
+    assert " at 0x" not in res.displays[0]["data"]["text/plain"] or "0x…" in res.displays[0]["data"]["text/plain"]
+
+
+def test_top_level_await() -> None:
+    res = run("import asyncio\nasync def f():\n    await asyncio.sleep(0)\n    return 5\nr = await f()\nr")
+    assert res.error is None, res.error
+    assert decode_values(res, trust_pickle=False)["r"] == 5
+
+
+def test_outputs_policy() -> None:
+    res = run("def f():\n    return 1\nclass C:\n    pass\nn = 3")
+    assert decode_values(res, trust_pickle=False) == {"n": 3}
+    assert "--trust-pickle" in res.value_errors["f"] and "class" in res.value_errors["C"]
+    assert res.failure is None
+    res = run("def f():\n    return 1\nn = 3", trust_pickle=True)
+    assert decode_values(res, trust_pickle=True)["f"]() == 1
+    res = run("y = 1", outputs=["y", "never"])
+    assert res.value_errors == {"never": "'never' was never assigned by the cell."}
+
+
+def test_unsafe_output_without_trust_is_reported_not_failed() -> None:
+    res = run("import threading\nimport datetime\nwhen = datetime.date(2024, 1, 1)\nok = 1")
+    assert "--trust-pickle" in res.value_errors["when"]
+    assert decode_values(res, trust_pickle=False)["ok"] == 1 and res.failure is None
+
+
+def test_inputs_of_every_codec_reach_the_cell() -> None:
+    import numpy as np
+    import pandas as pd
+
+    namespace = {
+        "arr": np.arange(4),
+        "df": pd.DataFrame({"a": [1, 2]}),
+        "f": lambda v: v + 1,
+        "np": np,
+        "blob": b"xy",
+        "t": (1, 2),
+    }
+    res = run("out = [int(arr.sum()), int(df.a.sum()), f(1), np.__name__, blob.decode(), t]", namespace)
+    assert res.error is None, res.error
+    assert decode_values(res, trust_pickle=False)["out"] == [6, 3, 2, "numpy", "xy", (1, 2)]
+
+
+def test_stdin_is_empty() -> None:
+    res = run("input()")
+    assert res.error is not None and res.error.ename == "EOFError"
+
+
+def test_runtime_syntax_error_is_reported() -> None:
+    res = decode_result(run_in_sandbox(encode_task(TaskPackage("x = (")), timeout=30))
+    assert res.error is not None and res.error.ename == "SyntaxError"
+
+
+def test_same_cell_same_digest() -> None:
+    code = (
+        "import matplotlib.pyplot as plt\n"
+        "s = {'alpha', 'beta', 'gamma', 'delta'}\n"
+        "print(s, hash('x'))\n"
+        "plt.plot([1, 2])\n"
+        "obj = object()\n"
+        "obj\n"
+    )
+    _, task = build_task_package(code, {})
+    first, second = run_in_sandbox(task, timeout=60), run_in_sandbox(task, timeout=60)
+    assert first != second  # timings differ
+    assert result_digest(first) == result_digest(second)
+
+
+# -- a stranger's code cannot hurt the worker ------------------------------------------
+
+
+def test_timeout_kills_the_process_group_and_forked_children() -> None:
+    marker = f"decloud-test-{uuid.uuid4().hex}"
+    code = (
+        "import os, subprocess, sys\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', {marker!r}])\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()  # leaves the process group\n"
+        f"    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(600)', {marker!r}])\n"
+        "print('looping', flush=True)\n"
+        "while True:\n"
+        "    pass\n"
+    )
+    res = run(code, timeout=2)
+    assert res.failure == "The task was killed after its 2 s wall-clock timeout."
+    assert res.stdout == "looping\n"  # what it printed before the kill is kept
+    assert res.exit_status < 0
+    deadline = time.monotonic() + 10
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if processes_with(marker) and not res.sandbox.get("pid_namespace"):
+        pytest.skip("LOUD: no PID namespace here, so a child that called setsid() outlives the kill")
+    assert processes_with(marker) == []
+    assert_worker_still_fine()
+
+
+def test_children_left_running_after_a_normal_end_are_killed() -> None:
+    marker = f"decloud-test-{uuid.uuid4().hex}"
+    code = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', {marker!r}])\n"
+    res = run(code, timeout=30)
+    assert res.failure is None and res.error is None
+    deadline = time.monotonic() + 10
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_with(marker) == []
+
+
+def test_memory_hog_gets_a_clear_failure() -> None:
+    res = run("x = bytearray(4 * 1024**3)", memory_mb=512, timeout=60)
+    assert res.error is not None and res.error.ename == "MemoryError"
+    assert res.failure == "The cell ran out of memory: it needed more than the sandbox's 512 MB."
+    res = run("import numpy as np\nx = np.ones(2**29)", memory_mb=512, timeout=60)
+    assert res.failure == "The cell ran out of memory: it needed more than the sandbox's 512 MB."
+    assert_worker_still_fine()
+
+
+def test_disk_filler_gets_a_clear_failure() -> None:
+    code = "with open('big.bin', 'wb') as fh:\n    for _ in range(100):\n        fh.write(b'0' * 1024 * 1024)\n"
+    res = run(code, file_size_mb=10, timeout=60)
+    assert res.failure == "The cell tried to write a file larger than the sandbox's 10 MB limit."
+    assert res.error is not None and res.error.ename == "OSError"
+    assert_worker_still_fine()
+
+
+def test_cpu_limit() -> None:
+    res = run("while True:\n    pass", cpu_seconds=1, timeout=60)
+    assert res.failure == "The task was stopped after using its 1 s of CPU time."
+    assert_worker_still_fine()
+
+
+def test_fork_bomb_is_stopped() -> None:
+    probe = run("pass", max_processes=16)
+    if not probe.sandbox.get("pids_cgroup") and os.geteuid() == 0:
+        pytest.skip("LOUD: root worker without a writable pids cgroup: RLIMIT_NPROC does not bind root, so only the timeout would stop a fork bomb; not running one on this machine")
+    marker = f"decloud-test-{uuid.uuid4().hex}"
+    code = (
+        "import os, sys\n"
+        f"tag = {marker!r}\n"
+        "for _ in range(40):  # bounded, in case a limit is missing\n"
+        "    os.fork()\n"
+    )
+    res = run(code, max_processes=16, timeout=10)
+    assert res.failure in (
+        "The cell tried to run more than the sandbox's 16 processes.",
+        "The task was killed after its 10 s wall-clock timeout.",
+    )
+    assert res.error is None or res.error.ename == "BlockingIOError"
+    res = run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", max_processes=16, timeout=3)
+    assert res.failure == "The task was killed after its 3 s wall-clock timeout."
+    assert_worker_still_fine()
+
+
+def test_worker_environment_is_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DECLOUD_PRIVATE_KEY", "deadbeef")
+    code = (
+        "import os\n"
+        "env = dict(os.environ)\n"
+        "try:\n"
+        "    parent = open(f'/proc/{worker_pid}/environ', 'rb').read().decode('latin-1')\n"
+        "except OSError as exc:\n"
+        "    parent = type(exc).__name__\n"
+        "print(env, parent)\n"
+    )
+    res = run(code, {"worker_pid": os.getpid()})
+    assert "deadbeef" not in res.stdout
+    env = decode_values(res, trust_pickle=False)["env"]
+    assert "DECLOUD_PRIVATE_KEY" not in env
+    assert set(env) <= {
+        "PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "MPLBACKEND", "PYTHONHASHSEED", "PYTHONUTF8",
+        "PYTHONDONTWRITEBYTECODE", "PYTHONNOUSERSITE", "PYTHONSAFEPATH", "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "ARROW_DEFAULT_MEMORY_POOL",
+        "MALLOC_ARENA_MAX",
+    }  # fmt: skip
+    if res.sandbox.get("pid_namespace"):
+        assert decode_values(res, trust_pickle=False)["parent"] in ("FileNotFoundError", "PermissionError")
+    assert_worker_still_fine()
+
+
+def test_worker_key_file_is_never_pointed_to(tmp_path: Path) -> None:
+    # Root reads any file whatever its mode (here, inside the user namespace too),
+    # so the guarantee is that nothing handed to the cell names the key file.
+    key = tmp_path / "worker.key"
+    key.write_text("deadbeef")
+    key.chmod(0o600)
+    code = (
+        "import os, sys\n"
+        "home, cwd, argv = os.environ['HOME'], os.getcwd(), list(sys.argv)\n"
+        "listing = sorted(os.listdir('.'))\n"
+        "env = dict(os.environ)\n"
+    )
+    res = run(code)
+    values = decode_values(res, trust_pickle=False)
+    assert values["home"] == values["cwd"] and str(tmp_path) not in values["cwd"]
+    assert values["listing"] == []  # the task file is removed before the cell runs
+    assert values["argv"] == ["<cell>"]
+    assert str(key) not in repr(values) and "deadbeef" not in repr(values)
+    assert not Path(values["cwd"]).exists()  # the scratch dir is gone
+
+
+def test_network_is_cut_off() -> None:
+    if not network_isolation_available():
+        pytest.skip("LOUD: `unshare --user --net` does not work on this machine; sandboxes share the worker's network")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    code = (
+        "import socket\n"
+        "try:\n"
+        "    socket.create_connection(('127.0.0.1', port), timeout=3)\n"
+        "    outcome = 'connected'\n"
+        "except OSError as exc:\n"
+        "    outcome = type(exc).__name__\n"
+    )
+    try:
+        res = run(code, {"port": port})
+        assert res.sandbox["network_isolated"] is True
+        assert decode_values(res, trust_pickle=False)["outcome"] != "connected"
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    finally:
+        server.close()
+    assert_worker_still_fine()
+
+
+def test_stdout_is_capped() -> None:
+    lines: list[str] = []
+    _, task = build_task_package("for i in range(2000):\n    print('x' * 99)", {})
+    res = decode_result(run_in_sandbox(task, timeout=60, limits=SandboxLimits(stdout_cap_bytes=1000), on_stdout=lines.append))
+    assert res.truncated["stdout"] is True and res.truncated["stderr"] is False
+    assert len(res.stdout) == 1000 and res.stdout.startswith("x" * 99 + "\n")
+    assert 0 < len(lines) <= 10
+    assert_worker_still_fine()
+
+
+def test_os_exit_and_garbage_results_are_failures() -> None:
+    res = run("import os\nprint('bye')\nos._exit(3)")
+    assert res.failure == (
+        "The task's process ended (exit status 3) before it reported a result; the cell may have called os._exit."
+    )
+    assert res.stdout == "bye\n" and res.exit_status == 3
+    code = "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'garbage')\n    except OSError:\n        pass\n"
+    res = run(code)
+    assert res.failure is not None and "malformed result" in res.failure
+    assert_worker_still_fine()
+
+
+def test_callback_errors_do_not_break_the_run() -> None:
+    def broken(line: str) -> None:
+        raise RuntimeError("worker bug")
+
+    _, task = build_task_package("print(1)\nprint(2)", {})
+    res = decode_result(run_in_sandbox(task, timeout=60, on_stdout=broken))
+    assert res.stdout == "1\n2\n" and res.failure is None
+
+
+def test_input_that_cannot_be_restored_is_a_failure() -> None:
+    from decloud_magics.codecs import Encoded
+
+    # A pickle that names a module only the notebook has (GLOBAL opcode, then STOP).
+    data = b"cmodule_only_the_notebook_has\nLocal\n."
+    pkg = TaskPackage("y = thing", {"thing": Encoded("pickle", data, "module_only_the_notebook_has.Local")})
+    res = decode_result(run_in_sandbox(encode_task(pkg), timeout=60))
+    assert res.failure is not None
+    assert res.failure.startswith("The worker could not start the cell: Variable 'thing'")
+    assert "No module named 'module_only_the_notebook_has'" in res.failure

@@ -22,11 +22,11 @@ import re
 import sys
 import types
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from .errors import SerializationError, UnsafeValueError
 
-__all__ = ["MB", "Encoded", "encode_value", "decode_value", "encoded_size", "check_size", "type_name_of"]
+__all__ = ["MB", "BytesLike", "Encoded", "check_size", "decode_value", "encode_value", "encoded_size", "type_name_of"]
 
 #: Bytes in one of the "MB" that limits and messages speak of.
 MB = 1024 * 1024
@@ -37,12 +37,20 @@ _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 _ARROW_META_KEY = b"decloud"
 
 
+#: What ``Encoded.data`` may be: a decoded package hands out zero-copy slices of itself.
+BytesLike = Union[bytes, bytearray, memoryview]
+
+
 @dataclass(frozen=True)
 class Encoded:
-    """A value as bytes: ``codec`` says how to read ``data``; ``type_name`` is what it was."""
+    """A value as bytes: ``codec`` says how to read ``data``; ``type_name`` is what it was.
+
+    ``data`` is ``bytes`` when encoded here and a read-only ``memoryview`` into
+    the package when decoded from one, which saves a copy of every large value.
+    """
 
     codec: str
-    data: bytes
+    data: BytesLike
     type_name: str
 
 

@@ -178,9 +178,13 @@ def encode_task(pkg: TaskPackage) -> bytes:
     return _pack(manifest, blobs, trailer=None)
 
 
-def decode_task(data: bytes) -> TaskPackage:
-    """Parse task bytes; raises ``IntegrityError``/``SerializationError``, never unpickles."""
-    manifest, blobs, _trailer, _end = _unpack(data, "task")
+def decode_task(data: bytes, *, verify: bool = True) -> TaskPackage:
+    """Parse task bytes; raises ``IntegrityError``/``SerializationError``, never unpickles.
+
+    ``verify=False`` skips the per-blob sha256 checks: only for bytes whose
+    content address the store has just verified, which already covers them.
+    """
+    manifest, blobs, _trailer, _end = _unpack(data, "task", verify)
     outputs = _get(manifest, "outputs", (list, type(None)), "task")
     if outputs is not None:
         outputs = tuple(_name(o, "task") for o in outputs)
@@ -221,9 +225,13 @@ def encode_result(res: ResultPackage) -> bytes:
     return _pack(manifest, blobs, trailer)
 
 
-def decode_result(data: bytes) -> ResultPackage:
-    """Parse result bytes from a worker; raises ``IntegrityError``/``SerializationError`` only."""
-    manifest, blobs, trailer, _end = _unpack(data, "result")
+def decode_result(data: bytes, *, verify: bool = True) -> ResultPackage:
+    """Parse result bytes from a worker; raises ``IntegrityError``/``SerializationError`` only.
+
+    ``verify=False`` skips the per-blob sha256 checks, for bytes already
+    matched against ``result_digest`` (which covers every blob).
+    """
+    manifest, blobs, trailer, _end = _unpack(data, "result", verify)
     res = ResultPackage(
         exit_status=_get(manifest, "exit_status", int, "result"),
         failure=_get(manifest, "failure", (str, type(None)), "result"),
@@ -319,7 +327,7 @@ def _unpack(
 ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], memoryview]], dict[str, Any] | None, int]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(f"A {kind} package must be bytes, not {type(data).__name__}.")
-    view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+    view = memoryview(data).cast("B").toreadonly()  # values are handed out as slices of it: no copies
     if len(view) < _PREFIX or bytes(view[:4]) != MAGIC:
         raise IntegrityError(f"These bytes are not a decloud {kind} package (the header is missing); the content store returned something else.")
     version = view[4]
@@ -392,7 +400,7 @@ def _encoded(entry: dict[str, Any], blob: memoryview) -> Encoded:
     codec, type_name = entry.get("codec"), entry.get("type_name")
     if not isinstance(codec, str) or not isinstance(type_name, str):
         raise _damaged("package", "a value has no codec or type name")
-    return Encoded(codec, bytes(blob), type_name)
+    return Encoded(codec, blob, type_name)
 
 
 def _displays(blob: memoryview) -> list[dict[str, Any]]:

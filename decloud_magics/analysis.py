@@ -84,7 +84,9 @@ def cell_names(code: str) -> CellNames:
         # it binds; so a name it reads is an input only if the cell never binds it.
         if deferred and name in assigned:
             continue
-        if name.startswith("__") and name in _BUILTINS:  # __name__ & co. belong to the module, not to the notebook
+        if (
+            name.startswith("__") and name in _BUILTINS
+        ):  # __name__ & co. belong to the module, not to the notebook
             continue
         (used_builtins if name in _BUILTINS else reads)[name] = None
     assigns = list(flow.assigns) + [n for n in flow.global_writes if n not in assigned]
@@ -105,7 +107,9 @@ def _parse(code: str) -> ast.Module:
             ) from None
         raise _syntax_error(exc) from None
     except ValueError as exc:  # source with NUL bytes
-        raise UsageError(f"The cell cannot be compiled: {exc}; fix it before running (nothing was sent).") from None
+        raise UsageError(
+            f"The cell cannot be compiled: {exc}; fix it before running (nothing was sent)."
+        ) from None
 
 
 def _ipython_kind(line: str) -> str:
@@ -415,10 +419,14 @@ def _nested_scope_names(node: ast.AST) -> tuple[list[str], list[str]]:
     """
     module_code = None
     if isinstance(node, ast.stmt):
-        top = compile(ast.Module(body=[node], type_ignores=[]), "<cell>", "exec", flags=_FLAGS_CODE, dont_inherit=True)
+        top = compile(
+            ast.Module(body=[node], type_ignores=[]), "<cell>", "exec", flags=_FLAGS_CODE, dont_inherit=True
+        )
         stack = [c for c in top.co_consts if isinstance(c, types.CodeType)]  # the body, not decorators
     else:  # a lambda or a comprehension: its outer code runs at module level
-        module_code = compile(ast.Expression(body=node), "<cell>", "eval", flags=_FLAGS_CODE, dont_inherit=True)
+        module_code = compile(
+            ast.Expression(body=node), "<cell>", "eval", flags=_FLAGS_CODE, dont_inherit=True
+        )
         stack = [module_code]
     reads: dict[str, None] = {}
     stores: dict[str, None] = {}

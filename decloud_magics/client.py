@@ -12,6 +12,7 @@ Out[4]: {'total': 6}
 from __future__ import annotations
 
 import hashlib
+import os
 import logging
 import queue
 import threading
@@ -22,12 +23,14 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .accounting import REQUESTER_GAS_ESTIMATE, Budget, check_balance, check_budget, check_max_price, parse_budget
 from .chain.market import ChainStatus, MarketEvent
 from .connection import Connection, connect
 from .errors import DecloudError, IntegrityError, RemoteError, RunFailed, UnsafeValueError, UsageError
 from .keys import PrivateKey, redact
 from .models import EventKind, Resources, RunEvent, Status, utcnow
 from .networks import NetworkConfig, get_network
+from .recovery import Wallet, past_result, reattach, refund_all, wallet
 from .run import Result, Run
 from .units import format_amount, parse_amount
 
@@ -64,12 +67,14 @@ class Client:
         key: PrivateKey | None = None,
         default_price: str | int = DEFAULT_PRICE,
         queue_window_s: int = DEFAULT_QUEUE_WINDOW_S,
+        max_price: str | int | None = None,
     ) -> None:
         from .ledger import Ledger
 
         self.config = network if isinstance(network, NetworkConfig) else get_network(network)
         self.ledger = ledger or Ledger()
         self.default_price_wei = parse_amount(default_price)
+        self.max_price_wei = None if max_price is None else parse_amount(max_price)
         self.queue_window_s = queue_window_s
         self.conn: Connection = connect(self.config, key)
         self.runs: dict[str, Run] = {}
@@ -110,6 +115,7 @@ class Client:
         trust_pickle: bool = False,
         queue_window_s: int | None = None,
         max_input_bytes: int | None = None,
+        max_price: str | int | None = None,
     ) -> Run:
         """Package ``code`` with ``inputs``, store it, and open a paid task for it.
 
@@ -138,6 +144,7 @@ class Client:
         with self._lock:
             self.runs[run_id] = run
         try:
+            self.preflight(price_wei, max_price)
             scope = {**(namespace or {}), **(inputs or {})}
             names = list(input_names) if input_names is not None else None
             if inputs and names is None and namespace is None:
@@ -185,6 +192,62 @@ class Client:
             self._on_chain_event(event)
         self.conn.wake.set()
         return run
+
+    # -- spending rules ----------------------------------------------------------
+
+    @property
+    def budget(self) -> Budget | None:
+        return Budget.from_setting(self.ledger.get_setting("budget"))
+
+    def set_budget(self, spec: str | Budget | None) -> Budget | None:
+        """``"0.05/h"``, ``"1.0"`` or ``"off"``: kept in the ledger, so every kernel sees it."""
+        budget = parse_budget(spec) if isinstance(spec, str) else spec
+        self.ledger.set_setting("budget", budget.to_setting() if budget else None)
+        return budget
+
+    def spent_wei(self, budget: Budget | None = None) -> int:
+        budget = budget or self.budget
+        since = budget.window_start(utcnow()) if budget else None
+        return self.ledger.spent_wei(since=since)
+
+    def preflight(self, price_wei: int, max_price: str | int | None = None) -> None:
+        """Refuse, before anything is sent, a run over the max price, the budget or the wallet."""
+        symbol = self.config.symbol
+        limit = self.max_price_wei if max_price is None else parse_amount(max_price)
+        check_max_price(price_wei, limit, symbol)
+        gas_wei = REQUESTER_GAS_ESTIMATE * self.conn.market.gas_price()
+        budget = self.budget
+        if budget is not None:
+            check_budget(budget, self.spent_wei(budget), price_wei, gas_wei, symbol)
+        check_balance(self.conn.market.balance(), price_wei, gas_wei, self.account, symbol)
+
+    def wallet(self) -> Wallet:
+        """Address, balance, escrow locked in open tasks, and what the contract owes us."""
+        return wallet(self)
+
+    def refund(self) -> tuple[int, list[str]]:
+        """Reclaim every escrow that can come back; returns (wei, run ids)."""
+        return refund_all(self)
+
+    def reattach(self) -> list[Run]:
+        """Follow again the runs the ledger shows in flight on this network (after a restart)."""
+        return reattach(self)
+
+    def past_result(self, run_id: str) -> Result:
+        """A finished run's result, fetched and verified again (never from a cache)."""
+        return past_result(self, run_id)[1]
+
+    def events(self, run_id: str) -> pd.DataFrame:
+        return self.ledger.events_frame(self.ledger.find_run(run_id).run_id)
+
+    def summary(self) -> pd.DataFrame:
+        return self.ledger.summary_frame()
+
+    def _adopt(self, run: Run) -> None:
+        with self._lock:
+            self.runs[run.id] = run
+            if run.task_id is not None:
+                self._by_task[run.task_id] = run
 
     def cancel(self, run: Run) -> int:
         """Cancel an open task nobody holds; the escrow comes back. Returns the refund in wei."""
@@ -371,11 +434,15 @@ class Client:
 
     def load_result(self, run: Run, cid: str | None, digest: bytes) -> Result:
         """Read a result from the store and verify it; never trusts a cache."""
+        return self.fetch_result(run.id, cid, digest, trust_pickle=run.trust_pickle)
+
+    def fetch_result(self, run_id: str, cid: str | None, digest: bytes, *, trust_pickle: bool = False) -> Result:
+        """Fetch by CID (the store checks the bytes against it), then check the chain's digest."""
         from .codecs import decode_value
         from .package import decode_result, result_digest
 
         if not cid:
-            raise IntegrityError(f"Run {run.id} has no result CID on chain.")
+            raise IntegrityError(f"Run {run_id} has no result CID on chain.")
         data = self.conn.store.get(cid)
         if result_digest(data) != digest:
             raise IntegrityError(
@@ -387,14 +454,14 @@ class Client:
         value_errors = dict(package.value_errors)
         for name, encoded in package.values.items():
             try:
-                values[name] = decode_value(name, encoded, allow_pickle=run.trust_pickle)
+                values[name] = decode_value(name, encoded, allow_pickle=trust_pickle)
             except UnsafeValueError as exc:
                 value_errors[name] = str(exc)
         error = None
         if package.error is not None:
             error = RemoteError(package.error.ename, package.error.evalue, list(package.error.traceback))
         return Result(
-            run_id=run.id,
+            run_id=run_id,
             status=Status.COMPLETED if error is None and not package.failure else Status.FAILED,
             stdout=package.stdout,
             stderr=package.stderr,
@@ -426,7 +493,7 @@ class Client:
                 cell_hash=hashlib.sha256(code.encode()).hexdigest()[:16],
                 code=code,
                 outputs=list(run.outputs),
-                options={"timeout": timeout, "trust_pickle": run.trust_pickle},
+                options={"timeout": timeout, "trust_pickle": run.trust_pickle, "pid": os.getpid()},
                 validators=validators,
             )
         )
@@ -448,8 +515,7 @@ class Client:
                                   "gas_cost_wei": run.gas_cost_wei}  # fmt: skip
         if event.is_final:
             fields["completed_at"] = event.at
-        self.ledger.update_run(run.id, **fields)
-        self.ledger.add_event(event)
+        self.ledger.add_event(event, **fields)
 
     def _report_callback_error(self, run: Run, exc: Exception) -> None:
         log.warning("a callback of run %s raised %s: %s", run.id, type(exc).__name__, exc)

@@ -26,7 +26,16 @@ from typing import Any, Literal, Union
 
 from .errors import SerializationError, UnsafeValueError
 
-__all__ = ["MB", "BytesLike", "Encoded", "check_size", "decode_value", "encode_value", "encoded_size", "type_name_of"]
+__all__ = [
+    "MB",
+    "BytesLike",
+    "Encoded",
+    "check_size",
+    "decode_value",
+    "encode_value",
+    "encoded_size",
+    "type_name_of",
+]
 
 #: Bytes in one of the "MB" that limits and messages speak of.
 MB = 1024 * 1024
@@ -211,7 +220,7 @@ def _from_tree(node: Any) -> Any:
         return node
     if len(node) != 1:
         raise ValueError("a JSON object is not a tagged value")
-    (tag, inner), = node.items()
+    ((tag, inner),) = node.items()
     if tag == "d" and type(inner) is dict:
         return {k: _from_tree(v) for k, v in inner.items()}
     if tag == "t" and type(inner) is list:
@@ -225,7 +234,9 @@ def _encode_json(value: Any) -> bytes:
     try:
         tree = _to_tree(value)
         try:
-            return json.dumps(tree, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+            return json.dumps(tree, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
+                "utf-8"
+            )
         except UnicodeEncodeError:  # lone surrogates survive only as \\u escapes
             return json.dumps(tree, separators=(",", ":"), allow_nan=False).encode("ascii")
     except (RecursionError, ValueError):  # cycles, deep nesting, ints past the digit limit
@@ -282,7 +293,9 @@ def _decode_npy(data: bytes, type_name: str) -> Any:
     offset = stream.tell()
     if len(data) - offset != count * dtype.itemsize:
         raise ValueError("the array data does not match its header")
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset).copy()  # a writable array, like np.load
+    flat = np.frombuffer(
+        data, dtype=dtype, count=count, offset=offset
+    ).copy()  # a writable array, like np.load
     array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
     if array.ndim == 0 and type_name not in ("numpy.ndarray", "numpy.memmap"):
         return array[()]  # it left as a numpy scalar
@@ -311,7 +324,9 @@ def _encode_arrow(value: Any) -> bytes:
     columns = frame.columns
     if isinstance(columns, pd.MultiIndex):
         pass  # Arrow's pandas metadata carries these (string levels) itself
-    elif isinstance(columns, pd.RangeIndex) or not (columns.is_unique and all(type(c) is str for c in columns)):
+    elif isinstance(columns, pd.RangeIndex) or not (
+        columns.is_unique and all(type(c) is str for c in columns)
+    ):
         if isinstance(columns, pd.RangeIndex):
             meta["columns"] = {"range": [columns.start, columns.stop, columns.step]}
         else:
@@ -397,7 +412,9 @@ def _encode_module(value: Any) -> bytes:
 def _decode_module(name: str, encoded: Encoded, trusted: bool) -> Any:
     module = bytes(encoded.data).decode("utf-8", "replace")
     if not _MODULE_NAME.match(module):
-        raise SerializationError(f"Variable '{name}' names a module '{module[:60]}' that is not a module name.")
+        raise SerializationError(
+            f"Variable '{name}' names a module '{module[:60]}' that is not a module name."
+        )
     if module in sys.modules:
         return sys.modules[module]
     if not trusted:

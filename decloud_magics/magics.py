@@ -49,6 +49,7 @@ def _names(text: str | None) -> list[str] | None:
 @argument("--out", dest="outputs", default=None, help="names to bring back (default: what the cell assigns)")
 @argument("--trust-pickle", action="store_true", help="allow values that only pickle can restore to come back")
 @argument("--name", default=None, help="a label for the run in the history")
+@argument("--max-price", default=None, help="refuse the run if its price is above this amount")
 @argument("--async", dest="background", action="store_true",
           help="return at once; outputs and variables arrive when the run ends")
 def _run_args(line: str) -> None:
@@ -73,7 +74,37 @@ def _network_args(line: str) -> None:
     """List networks, choose the current one, or add one (no secrets are saved)."""
 
 
-SUBCOMMANDS: dict[str, Callable[..., Any]] = {"run": _run_args, "wait": _wait_args, "network": _network_args}
+@magic_arguments()
+@argument("--network", "-n", default=None, help="only runs of this network")
+@argument("--status", "-s", default=None, help="only runs with this status (completed, failed, ...)")
+@argument("--since", default=None, help="only runs submitted since: 1h, 30m, 2d, today, or a date")
+@argument("--limit", type=int, default=None, help="at most this many rows, newest first")
+def _history_args(line: str) -> None:
+    """Every run in the ledger as a DataFrame, newest first."""
+
+
+@magic_arguments()
+@argument("run_id", help="the run's id, or its first characters")
+def _run_id_args(line: str) -> None:
+    """A run by id: `events` lists its events, `result` shows its outputs again and binds its values."""
+
+
+@magic_arguments()
+@argument("spec", nargs="?", default=None, help="0.05/h (per hour), 1.0 (in total), or off; none to show it")
+def _budget_args(line: str) -> None:
+    """Show or set the spending budget; gas counts too."""
+
+
+SUBCOMMANDS: dict[str, Callable[..., Any]] = {
+    "run": _run_args,
+    "wait": _wait_args,
+    "network": _network_args,
+    "history": _history_args,
+    "events": _run_id_args,
+    "result": _run_id_args,
+    "budget": _budget_args,
+}
+LINE_COMMANDS = ("wait", "runs", "network", "history", "events", "result", "summary", "budget", "wallet", "refund")
 
 
 @magics_class
@@ -107,8 +138,32 @@ class DecloudMagics(Magics):
         self._ready: list[Run] = []  # async runs that ended, waiting for the kernel's loop to land them
 
     def on_load(self) -> None:
-        """Nothing heavy happens at load: the network starts on the first run."""
+        """Nothing heavy happens at load; runs left in flight by a previous kernel are picked up."""
         self.shell.events.register("pre_run_cell", self._land_ready)
+        try:
+            self.reattach()
+        except DecloudError as exc:
+            print(f"decloud: could not re-attach to earlier runs: {exc}", file=sys.stderr)
+
+    def reattach(self) -> list[Run]:
+        """Follow again the runs a previous kernel left in flight; they land before the next cell."""
+        from .ledger import Ledger
+        from .recovery import close_orphaned_local_runs
+
+        ledger = Ledger()
+        close_orphaned_local_runs(ledger)
+        attached: list[Run] = []
+        for name in sorted({r.network for r in ledger.runs_in_flight() if r.network and r.network != "local"}):
+            runs = self.client(name).reattach()
+            for run in runs:
+                self._runs[run.id] = run
+                self._panels[run.id] = RunPanel(run, mode="text", stream=sys.stderr)
+                run.on("*", lambda event, run=run: self._schedule_landing(run) if event.is_final else None)
+            if runs:
+                print(f"decloud: re-attached to {len(runs)} run(s) on {name}: {', '.join(r.id for r in runs)}",
+                      file=sys.stderr)  # fmt: skip
+            attached += runs
+        return attached
 
     def on_unload(self) -> None:
         try:
@@ -139,9 +194,9 @@ class DecloudMagics(Magics):
         command = words[0] if words else ""
         rest = line.strip()[len(command) :]
         try:
-            if command not in ("run", "wait", "runs", "network", "", "help"):
+            if command not in ("run", "", "help", *LINE_COMMANDS):
                 raise UsageError(
-                    f"Unknown subcommand '{command}': use one of run, wait, runs, network (see %decloud?)."
+                    f"Unknown subcommand '{command}': use one of run, {', '.join(LINE_COMMANDS)} (see %decloud?)."
                 )
             if command == "run":
                 if cell is None:
@@ -155,6 +210,8 @@ class DecloudMagics(Magics):
                 return self.list_runs()
             if command == "network":
                 return self.network_command(rest)
+            if command in ("history", "events", "result", "summary", "budget", "wallet", "refund"):
+                return getattr(self, f"cmd_{command}")(rest)
             print(self.decloud.__doc__)
             return None
         except UsageError as exc:
@@ -190,6 +247,7 @@ class DecloudMagics(Magics):
             name=args.name,
             trust_pickle=args.trust_pickle,
             max_input_bytes=int(self.max_input_mb * 1e6),
+            max_price=args.max_price,
         )
         self._runs[run.id] = run
         panel = RunPanel(run, symbol=client.config.symbol, mode=frontend_mode(self.shell)).show()
@@ -275,6 +333,63 @@ class DecloudMagics(Magics):
     def list_runs(self) -> Any:
         """The runs of this session that are still in flight."""
         return render.runs_table([r for r in self._runs.values() if not r.done()])
+
+    # -- the ledger's views --------------------------------------------------------
+
+    def cmd_history(self, rest: str) -> Any:
+        args = self._parse("history", rest)
+        return self.client().history(network=args.network, status=args.status, since=args.since, limit=args.limit)
+
+    def cmd_events(self, rest: str) -> Any:
+        return self.client().events(self._parse("events", rest).run_id)
+
+    def cmd_result(self, rest: str) -> None:
+        """Show a past run's outputs again and bind its values, fetched and verified anew."""
+        result = self.client().past_result(self._parse("result", rest).run_id)
+        render.show_result(result)
+        changed = render.bind_values(self.shell.user_ns, result)
+        if changed:
+            print(f"decloud: set {', '.join(changed)}", file=sys.stderr)
+        result.raise_for_error()
+
+    def cmd_summary(self, rest: str) -> Any:
+        return self.client().summary()
+
+    def cmd_budget(self, rest: str) -> None:
+        from .units import format_amount
+
+        args = self._parse("budget", rest)
+        client = self.client()
+        if args.spec is not None:
+            client.set_budget(args.spec)
+        budget = client.budget
+        symbol = client.config.symbol
+        if budget is None:
+            print(f"No budget is set; {format_amount(client.spent_wei(), symbol)} spent in all. "
+                  "Set one with %decloud budget 0.05/h or %decloud budget 1.0.")  # fmt: skip
+            return
+        spent = client.spent_wei(budget)
+        left = max(0, budget.limit_wei - spent)
+        print(f"Budget {budget.describe(symbol)}: {format_amount(spent, symbol)} spent, "
+              f"{format_amount(left, symbol)} left.")  # fmt: skip
+
+    def cmd_wallet(self, rest: str) -> None:
+        from .units import format_amount
+
+        client = self.client()
+        w = client.wallet()
+        symbol = client.config.symbol
+        print(f"network  {w.network}\naddress  {w.address}\nbalance  {format_amount(w.balance_wei, symbol)}\n"
+              f"escrow   {format_amount(w.escrow_wei, symbol)} locked in {w.open_tasks} open task(s)\n"
+              f"owed     {format_amount(w.owed_wei, symbol)} withdrawable")  # fmt: skip
+
+    def cmd_refund(self, rest: str) -> None:
+        from .units import format_amount
+
+        client = self.client()
+        total, runs = client.refund()
+        what = f" from {len(runs)} run(s): {', '.join(runs)}" if runs else ""
+        print(f"Reclaimed {format_amount(total, client.config.symbol)}{what}.")
 
     def network_command(self, rest: str) -> Any:
         from .networks import RPC, NetworkConfig, get_network, list_networks, save_network

@@ -31,19 +31,19 @@ from .codecs import MB, Encoded, check_size, decode_value, encode_value
 from .errors import IntegrityError, SerializationError, UnsafeValueError, UsageError
 
 __all__ = [
-    "FORMAT_VERSION",
     "DEFAULT_MAX_INPUT_BYTES",
-    "TaskPackage",
+    "FORMAT_VERSION",
     "RemoteErrorInfo",
     "ResultPackage",
+    "TaskPackage",
     "build_task_package",
-    "encode_task",
-    "decode_task",
-    "encode_result",
     "decode_result",
-    "result_digest",
+    "decode_task",
     "decode_values",
+    "encode_result",
+    "encode_task",
     "is_ipython_name",
+    "result_digest",
 ]
 
 FORMAT_VERSION = 1
@@ -51,7 +51,9 @@ MAGIC = b"DCLD"
 DEFAULT_MAX_INPUT_BYTES = 100 * MB
 _PREFIX = 9  # magic, version, manifest length
 _MAX_MANIFEST = 64 * MB
-_IPYTHON_NAMES = frozenset({"_", "__", "___", "In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh"})
+_IPYTHON_NAMES = frozenset(
+    {"_", "__", "___", "In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh"}
+)
 _IPYTHON_HISTORY = re.compile(r"^_(i{1,3}|i?\d+)$")
 
 
@@ -104,7 +106,11 @@ class ResultPackage:
 
 def is_ipython_name(name: str) -> bool:
     """True for names IPython puts in a namespace (``_``, ``In``, ``_i3``, dunders): never a cell's data."""
-    return name in _IPYTHON_NAMES or bool(_IPYTHON_HISTORY.match(name)) or (name.startswith("__") and name.endswith("__"))
+    return (
+        name in _IPYTHON_NAMES
+        or bool(_IPYTHON_HISTORY.match(name))
+        or (name.startswith("__") and name.endswith("__"))
+    )
 
 
 def build_task_package(
@@ -149,7 +155,10 @@ def build_task_package(
         encoded[var] = enc
     total = sum(len(e.data) for e in encoded.values())
     if total > max_input_bytes:
-        biggest = ", ".join(f"'{n}' {len(e.data) / MB:.1f} MB" for n, e in sorted(encoded.items(), key=lambda i: -len(i[1].data))[:3])
+        biggest = ", ".join(
+            f"'{n}' {len(e.data) / MB:.1f} MB"
+            for n, e in sorted(encoded.items(), key=lambda i: -len(i[1].data))[:3]
+        )
         raise SerializationError(
             f"The inputs total {total / MB:.1f} MB (largest: {biggest}), over the {max_input_bytes / MB:.1f} MB limit: "
             "leave some out with --in, raise DecloudMagics.max_input_mb or pass smaller values."
@@ -174,7 +183,10 @@ def encode_task(pkg: TaskPackage) -> bytes:
         "python": pkg.python,
         "name": pkg.name,
     }
-    blobs = [({"role": "input", "name": n, "codec": e.codec, "type_name": e.type_name}, e.data) for n, e in pkg.inputs.items()]
+    blobs = [
+        ({"role": "input", "name": n, "codec": e.codec, "type_name": e.type_name}, e.data)
+        for n, e in pkg.inputs.items()
+    ]
     return _pack(manifest, blobs, trailer=None)
 
 
@@ -205,7 +217,11 @@ def decode_task(data: bytes, *, verify: bool = True) -> TaskPackage:
 
 def encode_result(res: ResultPackage) -> bytes:
     """The result as bytes: a deterministic body, then the timings trailer."""
-    error = None if res.error is None else {"ename": res.error.ename, "evalue": res.error.evalue, "traceback": list(res.error.traceback)}
+    error = (
+        None
+        if res.error is None
+        else {"ename": res.error.ename, "evalue": res.error.evalue, "traceback": list(res.error.traceback)}
+    )
     manifest = {
         "kind": "result",
         "exit_status": int(res.exit_status),
@@ -214,13 +230,18 @@ def encode_result(res: ResultPackage) -> bytes:
         "truncated": {k: bool(v) for k, v in res.truncated.items()},
         "value_errors": dict(res.value_errors),
     }
-    displays = json.dumps(res.displays, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    displays = json.dumps(res.displays, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
     blobs = [
         ({"role": "stdout"}, res.stdout.encode("utf-8", "replace")),
         ({"role": "stderr"}, res.stderr.encode("utf-8", "replace")),
         ({"role": "displays"}, displays),
     ]
-    blobs += [({"role": "value", "name": n, "codec": e.codec, "type_name": e.type_name}, e.data) for n, e in res.values.items()]
+    blobs += [
+        ({"role": "value", "name": n, "codec": e.codec, "type_name": e.type_name}, e.data)
+        for n, e in res.values.items()
+    ]
     trailer = {"timings": {k: float(v) for k, v in res.timings.items()}, "sandbox": dict(res.sandbox)}
     return _pack(manifest, blobs, trailer)
 
@@ -243,7 +264,9 @@ def decode_result(data: bytes, *, verify: bool = True) -> ResultPackage:
     error = _get(manifest, "error", (dict, type(None)), "result")
     if error is not None:
         tb = _get(error, "traceback", list, "result")
-        res.error = RemoteErrorInfo(_get(error, "ename", str, "result"), _get(error, "evalue", str, "result"), [str(t) for t in tb])
+        res.error = RemoteErrorInfo(
+            _get(error, "ename", str, "result"), _get(error, "evalue", str, "result"), [str(t) for t in tb]
+        )
     for entry, blob in blobs:
         role = entry.get("role")
         if role in ("stdout", "stderr"):
@@ -257,7 +280,11 @@ def decode_result(data: bytes, *, verify: bool = True) -> ResultPackage:
     if trailer is not None:
         timings = trailer.get("timings", {})
         if isinstance(timings, dict):
-            res.timings = {str(k): float(v) for k, v in timings.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            res.timings = {
+                str(k): float(v)
+                for k, v in timings.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
         if isinstance(trailer.get("sandbox"), dict):
             res.sandbox = trailer["sandbox"]
     return res
@@ -305,13 +332,23 @@ def decode_values(
 # -- the container -----------------------------------------------------------
 
 
-def _pack(manifest: dict[str, Any], blobs: list[tuple[dict[str, Any], bytes]], trailer: dict[str, Any] | None) -> bytes:
+def _pack(
+    manifest: dict[str, Any], blobs: list[tuple[dict[str, Any], bytes]], trailer: dict[str, Any] | None
+) -> bytes:
     entries, offset = [], 0
     for entry, data in blobs:
-        entries.append({**entry, "offset": offset, "length": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        entries.append(
+            {**entry, "offset": offset, "length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        )
         offset += len(data)
     head = _json_bytes({**manifest, "format": FORMAT_VERSION, "blobs": entries})
-    parts: list[Any] = [MAGIC, bytes([FORMAT_VERSION]), len(head).to_bytes(4, "big"), head, *(d for _, d in blobs)]
+    parts: list[Any] = [
+        MAGIC,
+        bytes([FORMAT_VERSION]),
+        len(head).to_bytes(4, "big"),
+        head,
+        *(d for _, d in blobs),
+    ]
     if trailer is not None:
         tail = _json_bytes(trailer)
         parts += [len(tail).to_bytes(4, "big"), tail]
@@ -329,7 +366,9 @@ def _unpack(
         raise SerializationError(f"A {kind} package must be bytes, not {type(data).__name__}.")
     view = memoryview(data).cast("B").toreadonly()  # values are handed out as slices of it: no copies
     if len(view) < _PREFIX or bytes(view[:4]) != MAGIC:
-        raise IntegrityError(f"These bytes are not a decloud {kind} package (the header is missing); the content store returned something else.")
+        raise IntegrityError(
+            f"These bytes are not a decloud {kind} package (the header is missing); the content store returned something else."
+        )
     version = view[4]
     if version != FORMAT_VERSION:
         raise SerializationError(
@@ -342,7 +381,11 @@ def _unpack(
         manifest = json.loads(bytes(view[_PREFIX : _PREFIX + length]).decode("utf-8"))
     except (ValueError, RecursionError):
         raise _damaged(kind, "its manifest is not valid JSON") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != kind or manifest.get("format") != FORMAT_VERSION:
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("kind") != kind
+        or manifest.get("format") != FORMAT_VERSION
+    ):
         raise _damaged(kind, f"it is not a {kind} manifest")
     start = _PREFIX + length
     blobs, expected = [], 0
@@ -350,7 +393,13 @@ def _unpack(
         if not isinstance(entry, dict):
             raise _damaged(kind, "a blob entry is not an object")
         offset, size, digest = entry.get("offset"), entry.get("length"), entry.get("sha256")
-        if type(offset) is not int or type(size) is not int or offset != expected or size < 0 or not isinstance(digest, str):
+        if (
+            type(offset) is not int
+            or type(size) is not int
+            or offset != expected
+            or size < 0
+            or not isinstance(digest, str)
+        ):
             raise _damaged(kind, "its blob table is inconsistent")
         expected += size
         if start + expected > len(view):
@@ -409,7 +458,8 @@ def _displays(blob: memoryview) -> list[dict[str, Any]]:
     except (ValueError, RecursionError):
         raise _damaged("result", "its displays are not valid JSON") from None
     if not isinstance(displays, list) or not all(
-        isinstance(d, dict) and isinstance(d.get("data"), dict) and isinstance(d.get("metadata", {}), dict) for d in displays
+        isinstance(d, dict) and isinstance(d.get("data"), dict) and isinstance(d.get("metadata", {}), dict)
+        for d in displays
     ):
         raise _damaged("result", "its displays are not MIME bundles")
     return displays

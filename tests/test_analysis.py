@@ -183,7 +183,9 @@ def test_lambda_body() -> None:
 
 def test_comprehension_scopes() -> None:
     # execution order: the condition runs before the element expression
-    assert cell_names("ys = [x * factor for x in xs if x > lo]") == CellNames(("xs", "lo", "factor"), ("ys",), ())
+    assert cell_names("ys = [x * factor for x in xs if x > lo]") == CellNames(
+        ("xs", "lo", "factor"), ("ys",), ()
+    )
     assert reads("pairs = {k: v for k, v in d.items()}") == ("d",)
     assert reads("g = sum(x for x in range(n))") == ("n",)
     assert reads("m = [[i * j for j in row] for i, row in rows]") == ("rows",)

@@ -110,9 +110,11 @@ def test_cyclic_list_falls_back_to_pickle() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.tuples(children, children)
-    | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -163,7 +165,9 @@ def test_npy_roundtrip(array: np.ndarray) -> None:
         back.flat[0] = back.flat[-1]  # writable, like np.load gives
 
 
-@pytest.mark.parametrize("scalar", [np.float64(2.5), np.int8(-3), np.bool_(True), np.datetime64("2024-01-01")])
+@pytest.mark.parametrize(
+    "scalar", [np.float64(2.5), np.int8(-3), np.bool_(True), np.datetime64("2024-01-01")]
+)
 def test_numpy_scalars_come_back_as_scalars(scalar: Any) -> None:
     enc, back = roundtrip(scalar)
     assert enc.codec == "npy"
@@ -207,7 +211,9 @@ def test_truncated_npy_is_a_serialization_error(cut: int) -> None:
 def frames() -> dict[str, pd.DataFrame]:
     n = 5
     return {
-        "numbers": pd.DataFrame({c: np.arange(n).astype(c) for c in ["int8", "uint64", "float32", "float64", "bool"]}),
+        "numbers": pd.DataFrame(
+            {c: np.arange(n).astype(c) for c in ["int8", "uint64", "float32", "float64", "bool"]}
+        ),
         "nullable": pd.DataFrame(
             {
                 "I": pd.array([1, None, 3, 4, 5], dtype="Int64"),
@@ -227,7 +233,9 @@ def frames() -> dict[str, pd.DataFrame]:
         "nan": pd.DataFrame({"x": [1.0, np.nan, np.inf, -np.inf, -0.0]}),
         "named_index": pd.DataFrame({"x": range(n)}, index=pd.Index(list("abcde"), name="key")),
         "int_index": pd.DataFrame({"x": range(n)}, index=[10, 20, 30, 40, 50]),
-        "datetime_index_with_freq": pd.DataFrame({"x": range(n)}, index=pd.date_range("2024", periods=n, name="when")),
+        "datetime_index_with_freq": pd.DataFrame(
+            {"x": range(n)}, index=pd.date_range("2024", periods=n, name="when")
+        ),
         "range_index_step": pd.DataFrame({"x": range(n)}, index=pd.RangeIndex(5, 15, 2)),
         "multiindex": pd.DataFrame(
             {"x": range(4)}, index=pd.MultiIndex.from_product([["a", "b"], [1, 2]], names=["k", "n"])
@@ -253,7 +261,9 @@ def test_dataframe_roundtrip(key: str) -> None:
     enc, back = roundtrip(frame)
     assert enc.codec == "arrow"
     assert enc.type_name == "pandas.DataFrame"
-    pd.testing.assert_frame_equal(back, frame, check_exact=True, check_column_type=True, check_index_type=True)
+    pd.testing.assert_frame_equal(
+        back, frame, check_exact=True, check_column_type=True, check_index_type=True
+    )
     assert back.columns.names == frame.columns.names
 
 
@@ -317,13 +327,17 @@ def test_module_travels_by_name() -> None:
 def test_untrusted_module_is_not_imported() -> None:
     name = "decloud_never_imported_module_xyz"
     assert name not in sys.modules
-    with pytest.raises(UnsafeValueError, match=f"came back as the module {name}, which this notebook has not imported"):
+    with pytest.raises(
+        UnsafeValueError, match=f"came back as the module {name}, which this notebook has not imported"
+    ):
         decode_value("m", Encoded("module", name.encode(), "module"), allow_pickle=False)
 
 
 def test_trusted_module_is_imported_and_bad_names_refused() -> None:
     sys.modules.pop("colorsys", None)
-    assert decode_value("m", Encoded("module", b"colorsys", "module"), allow_pickle=True).__name__ == "colorsys"
+    assert (
+        decode_value("m", Encoded("module", b"colorsys", "module"), allow_pickle=True).__name__ == "colorsys"
+    )
     with pytest.raises(SerializationError, match="not a module name"):
         decode_value("m", Encoded("module", b"../etc/passwd", "module"), allow_pickle=True)
     with pytest.raises(SerializationError, match="cannot be imported"):
@@ -377,9 +391,8 @@ def test_trusted_pickle_does_run(tmp_path: Path) -> None:
 
 
 def test_unserializable_input_sentence(tmp_path: Path) -> None:
-    with open(tmp_path / "f.txt", "w") as handle:
-        with pytest.raises(SerializationError) as info:
-            encode_value("f", handle, allow_pickle=True)
+    with open(tmp_path / "f.txt", "w") as handle, pytest.raises(SerializationError) as info:
+        encode_value("f", handle, allow_pickle=True)
     message = str(info.value)
     assert message.startswith("Input 'f' (a _io.TextIOWrapper) cannot be sent to a worker: ")
     assert message.endswith("Leave it out with --in, or convert it to data first.")
@@ -393,7 +406,9 @@ def test_unserializable_output_sentence() -> None:
 
 
 def test_unknown_codec() -> None:
-    with pytest.raises(SerializationError, match="format 'zstd-frame', which this decloud_magics cannot read"):
+    with pytest.raises(
+        SerializationError, match="format 'zstd-frame', which this decloud_magics cannot read"
+    ):
         decode_value("v", Encoded("zstd-frame", b"", "x"), allow_pickle=False)
 
 
@@ -409,7 +424,9 @@ def test_check_size_sentence() -> None:
         "Input 'big' is 1.2 MB, over the 1.0 MB limit: leave it out with --in, "
         "raise DecloudMagics.max_input_mb or pass a smaller value."
     )
-    with pytest.raises(SerializationError, match="^Output 'big' is 1.2 MB, over the worker's 1.0 MB result limit"):
+    with pytest.raises(
+        SerializationError, match="^Output 'big' is 1.2 MB, over the worker's 1.0 MB result limit"
+    ):
         check_size("big", enc, 1 * MB, role="output")
 
 
@@ -423,5 +440,7 @@ def test_codecs_import_is_cheap() -> None:
     )
     root = str(Path(__file__).resolve().parents[1])
     boot = f"import sys,types;p=types.ModuleType('decloud_magics');p.__path__=[{root + '/decloud_magics'!r}];sys.modules['decloud_magics']=p;"
-    out = subprocess.run([sys.executable, "-c", boot + code], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", boot + code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert out.stdout.strip() == "[]"

@@ -73,7 +73,9 @@ def test_names_the_notebook_lacks_are_left_out() -> None:
 
 def test_explicit_inputs_and_outputs() -> None:
     namespace = {"a": 1, "b": [1, 2]}
-    pkg, data = build_task_package("c = a", namespace, inputs=["b", "a", "b"], outputs=["c"], trust_pickle=True, name="demo")
+    pkg, data = build_task_package(
+        "c = a", namespace, inputs=["b", "a", "b"], outputs=["c"], trust_pickle=True, name="demo"
+    )
     assert list(pkg.inputs) == ["b", "a"]
     back = decode_task(data)
     assert back.outputs == ("c",) and back.allow_pickle_outputs is True and back.name == "demo"
@@ -117,7 +119,10 @@ def test_unserializable_input_fails_the_build(tmp_path: Path) -> None:
 
 def test_task_encoding_is_deterministic() -> None:
     namespace = {"df": pd.DataFrame({"a": [1, 2]}), "k": {"b": 1, "a": 2}}
-    assert build_task_package("r = df * k['a']", namespace)[1] == build_task_package("r = df * k['a']", namespace)[1]
+    assert (
+        build_task_package("r = df * k['a']", namespace)[1]
+        == build_task_package("r = df * k['a']", namespace)[1]
+    )
 
 
 def test_manifest_layout() -> None:
@@ -138,7 +143,21 @@ def test_manifest_layout() -> None:
 
 
 def test_ipython_names() -> None:
-    for name in ("_", "__", "___", "_i", "_ii", "_i7", "_7", "In", "Out", "get_ipython", "exit", "__name__", "_oh"):
+    for name in (
+        "_",
+        "__",
+        "___",
+        "_i",
+        "_ii",
+        "_i7",
+        "_7",
+        "In",
+        "Out",
+        "get_ipython",
+        "exit",
+        "__name__",
+        "_oh",
+    ):
         assert is_ipython_name(name), name
     for name in ("_private", "x", "i", "data_1", "_index"):
         assert not is_ipython_name(name), name
@@ -148,7 +167,9 @@ def test_ipython_names() -> None:
 
 
 def test_result_roundtrip() -> None:
-    res = sample_result(error=RemoteErrorInfo("ZeroDivisionError", "division by zero", ["Cell line 1", "----> 1 1/0"]))
+    res = sample_result(
+        error=RemoteErrorInfo("ZeroDivisionError", "division by zero", ["Cell line 1", "----> 1 1/0"])
+    )
     assert decode_result(encode_result(res)) == res
 
 
@@ -162,7 +183,12 @@ def test_decode_values_refuses_pickle_or_collects_the_sentence(tmp_path: Path) -
         def __reduce__(self) -> Any:
             return (Path.write_text, (tmp_path / "ran", "x"))
 
-    res = sample_result(values={"ok": encode_value("ok", 1, allow_pickle=False), "model": Encoded("pickle", pickle.dumps(Marker()), "sklearn.Model")})
+    res = sample_result(
+        values={
+            "ok": encode_value("ok", 1, allow_pickle=False),
+            "model": Encoded("pickle", pickle.dumps(Marker()), "sklearn.Model"),
+        }
+    )
     res = decode_result(encode_result(res))
     with pytest.raises(UnsafeValueError, match="Variable 'model' came back as a pickle"):
         decode_values(res, trust_pickle=False)
@@ -180,7 +206,11 @@ def test_decode_values_only_keeps_requested_names() -> None:
 
 def test_digest_ignores_timings_and_sandbox_notes() -> None:
     a = encode_result(sample_result())
-    b = encode_result(sample_result(timings={"execute": 9.0, "wall": 12.0, "extra": 1.0}, sandbox={"network_isolated": False}))
+    b = encode_result(
+        sample_result(
+            timings={"execute": 9.0, "wall": 12.0, "extra": 1.0}, sandbox={"network_isolated": False}
+        )
+    )
     assert a != b
     assert result_digest(a) == result_digest(b)
     assert len(result_digest(a)) == 32
@@ -201,7 +231,9 @@ def test_digest_ignores_timings_and_sandbox_notes() -> None:
     ],
 )
 def test_digest_covers_everything_deterministic(change: dict[str, Any]) -> None:
-    assert result_digest(encode_result(sample_result())) != result_digest(encode_result(sample_result(**change)))
+    assert result_digest(encode_result(sample_result())) != result_digest(
+        encode_result(sample_result(**change))
+    )
 
 
 def test_result_encoding_is_deterministic() -> None:

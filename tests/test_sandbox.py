@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -28,7 +27,9 @@ from decloud_magics.package import (
 from decloud_magics.worker.sandbox import SandboxLimits, network_isolation_available, run_in_sandbox
 
 
-def run(code: str, namespace: dict[str, Any] | None = None, *, timeout: float = 60, **kw: Any) -> ResultPackage:
+def run(
+    code: str, namespace: dict[str, Any] | None = None, *, timeout: float = 60, **kw: Any
+) -> ResultPackage:
     trust = kw.pop("trust_pickle", False)
     outputs = kw.pop("outputs", None)
     limits = SandboxLimits(**kw) if kw else None
@@ -93,7 +94,9 @@ def test_library_frames_have_short_paths() -> None:
 def test_chained_exceptions() -> None:
     res = run("try:\n    {}['k']\nexcept KeyError as e:\n    raise ValueError('bad key') from e")
     text = "\n".join(res.error.traceback)  # type: ignore[union-attr]
-    assert "KeyError: 'k'" in text and "direct cause" in text and text.rstrip().endswith("ValueError: bad key")
+    assert (
+        "KeyError: 'k'" in text and "direct cause" in text and text.rstrip().endswith("ValueError: bad key")
+    )
 
 
 def test_last_expression_dataframe_has_html() -> None:
@@ -122,7 +125,10 @@ def test_matplotlib_figure_comes_back_as_png() -> None:
 
     assert base64.b64decode(pngs[0]["data"]["image/png"]).startswith(b"\x89PNG")
     assert "non-interactive" not in res.stderr
-    assert " at 0x" not in res.displays[0]["data"]["text/plain"] or "0x…" in res.displays[0]["data"]["text/plain"]
+    assert (
+        " at 0x" not in res.displays[0]["data"]["text/plain"]
+        or "0x…" in res.displays[0]["data"]["text/plain"]
+    )
 
 
 def test_top_level_await() -> None:
@@ -239,7 +245,9 @@ def test_memory_hog_gets_a_clear_failure() -> None:
 
 
 def test_disk_filler_gets_a_clear_failure() -> None:
-    code = "with open('big.bin', 'wb') as fh:\n    for _ in range(100):\n        fh.write(b'0' * 1024 * 1024)\n"
+    code = (
+        "with open('big.bin', 'wb') as fh:\n    for _ in range(100):\n        fh.write(b'0' * 1024 * 1024)\n"
+    )
     res = run(code, file_size_mb=10, timeout=60)
     assert res.failure == "The cell tried to write a file larger than the sandbox's 10 MB limit."
     assert res.error is not None and res.error.ename == "OSError"
@@ -255,7 +263,9 @@ def test_cpu_limit() -> None:
 def test_fork_bomb_is_stopped() -> None:
     probe = run("pass", max_processes=16)
     if not probe.sandbox.get("pids_cgroup") and os.geteuid() == 0:
-        pytest.skip("LOUD: root worker without a writable pids cgroup: RLIMIT_NPROC does not bind root, so only the timeout would stop a fork bomb; not running one on this machine")
+        pytest.skip(
+            "LOUD: root worker without a writable pids cgroup: RLIMIT_NPROC does not bind root, so only the timeout would stop a fork bomb; not running one on this machine"
+        )
     marker = f"decloud-test-{uuid.uuid4().hex}"
     code = (
         "import os, sys\n"
@@ -269,7 +279,11 @@ def test_fork_bomb_is_stopped() -> None:
         "The task was killed after its 10 s wall-clock timeout.",
     )
     assert res.error is None or res.error.ename == "BlockingIOError"
-    res = run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", max_processes=16, timeout=3)
+    res = run(
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+        max_processes=16,
+        timeout=3,
+    )
     assert res.failure == "The task was killed after its 3 s wall-clock timeout."
     assert_worker_still_fine()
 
@@ -323,7 +337,9 @@ def test_worker_key_file_is_never_pointed_to(tmp_path: Path) -> None:
 
 def test_network_is_cut_off() -> None:
     if not network_isolation_available():
-        pytest.skip("LOUD: `unshare --user --net` does not work on this machine; sandboxes share the worker's network")
+        pytest.skip(
+            "LOUD: `unshare --user --net` does not work on this machine; sandboxes share the worker's network"
+        )
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -351,7 +367,9 @@ def test_network_is_cut_off() -> None:
 def test_stdout_is_capped() -> None:
     lines: list[str] = []
     _, task = build_task_package("for i in range(2000):\n    print('x' * 99)", {})
-    res = decode_result(run_in_sandbox(task, timeout=60, limits=SandboxLimits(stdout_cap_bytes=1000), on_stdout=lines.append))
+    res = decode_result(
+        run_in_sandbox(task, timeout=60, limits=SandboxLimits(stdout_cap_bytes=1000), on_stdout=lines.append)
+    )
     assert res.truncated["stdout"] is True and res.truncated["stderr"] is False
     assert len(res.stdout) == 1000 and res.stdout.startswith("x" * 99 + "\n")
     assert 0 < len(lines) <= 10

@@ -137,7 +137,9 @@ def _run(task: Any, res: ResultPackage, config: dict[str, Any]) -> int:
     displays.add_open_figures()
     res.displays = displays.bundles
     _collect_outputs(task, namespace, res, int(config.get("max_output_bytes") or 1 << 62))
-    res.timings.update({"decode_inputs": t1 - t0, "execute": t2 - t1, "encode_outputs": time.perf_counter() - t2})
+    res.timings.update(
+        {"decode_inputs": t1 - t0, "execute": t2 - t1, "encode_outputs": time.perf_counter() - t2}
+    )
     return status
 
 
@@ -150,14 +152,16 @@ def _execute(code: str, namespace: dict[str, Any], displays: _Displays) -> None:
         last = tree.body.pop()
     _run_code(compile(tree, "<cell>", "exec", flags=flags, dont_inherit=True), namespace)
     if last is not None:
-        value = _run_code(compile(ast.Expression(last.value), "<cell>", "eval", flags=flags, dont_inherit=True), namespace)
+        value = _run_code(
+            compile(ast.Expression(last.value), "<cell>", "eval", flags=flags, dont_inherit=True), namespace
+        )
         if value is not None:
             namespace["_"] = value
             displays.bundles.append(displays.bundle(value))
 
 
 def _run_code(code: types.CodeType, namespace: dict[str, Any]) -> Any:
-    result = eval(code, namespace)  # noqa: S307 - running the cell is the point
+    result = eval(code, namespace)
     if code.co_flags & 0x80 and result is not None:  # CO_COROUTINE: the cell used top-level await
         import asyncio
 
@@ -230,9 +234,15 @@ def _error_info(exc: BaseException, code: str) -> RemoteErrorInfo:
     while seen is not None and len(chain) < 10:
         chain.append((seen, note))
         if seen.__cause__ is not None:
-            note, seen = "The above exception was the direct cause of the following exception:", seen.__cause__
+            note, seen = (
+                "The above exception was the direct cause of the following exception:",
+                seen.__cause__,
+            )
         elif seen.__context__ is not None and not seen.__suppress_context__:
-            note, seen = "During handling of the above exception, another exception occurred:", seen.__context__
+            note, seen = (
+                "During handling of the above exception, another exception occurred:",
+                seen.__context__,
+            )
         else:
             seen = None
     out: list[str] = []
@@ -327,7 +337,9 @@ class _Displays:
             try:
                 self.bundles.append(_figure_bundle(pyplot.figure(num)))
             except Exception as exc:  # a broken figure must not lose the other outputs
-                self.bundles.append({"data": {"text/plain": f"<figure {num} could not be drawn: {exc}>"}, "metadata": {}})
+                self.bundles.append(
+                    {"data": {"text/plain": f"<figure {num} could not be drawn: {exc}>"}, "metadata": {}}
+                )
         pyplot.close("all")
 
 
@@ -342,7 +354,13 @@ def _figure_bundle(fig: Any) -> dict[str, Any]:
 
 def _plain_bundle(obj: Any) -> dict[str, Any]:
     data: dict[str, Any] = {"text/plain": repr(obj)}
-    for mime, method in (("text/html", "_repr_html_"), ("image/png", "_repr_png_"), ("image/svg+xml", "_repr_svg_"), ("text/markdown", "_repr_markdown_"), ("text/latex", "_repr_latex_")):
+    for mime, method in (
+        ("text/html", "_repr_html_"),
+        ("image/png", "_repr_png_"),
+        ("image/svg+xml", "_repr_svg_"),
+        ("text/markdown", "_repr_markdown_"),
+        ("text/latex", "_repr_latex_"),
+    ):
         fn = getattr(obj, method, None)
         if callable(fn):
             try:

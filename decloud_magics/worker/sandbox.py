@@ -42,13 +42,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from subprocess import Popen
 
 from ..errors import DecloudError
 from ..package import ResultPackage, decode_result, encode_result
 
-__all__ = ["SandboxLimits", "run_in_sandbox", "network_isolation_available"]
+__all__ = ["SandboxLimits", "network_isolation_available", "run_in_sandbox"]
 
 log = logging.getLogger(__name__)
+LineSink = Callable[[str], None]
 
 MB = 1024 * 1024
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +84,7 @@ def run_in_sandbox(
     *,
     timeout: float,
     limits: SandboxLimits | None = None,
-    on_stdout: Callable[[str], None] | None = None,
+    on_stdout: LineSink | None = None,
     python: str = sys.executable,
 ) -> bytes:
     """Run a task package in a sandbox process; return the encoded result package.
@@ -136,7 +138,8 @@ def _spawn(
     limits: SandboxLimits,
     cgroup: _PidsCgroup | None,
     isolated: bool,
-) -> subprocess.Popen[bytes]:
+) -> Popen[bytes]:
+    """Start the sandbox process; the one step a warm pool of interpreters would replace."""
     config = {
         "task": task_path,
         "result_fd": result_fd,
@@ -167,28 +170,16 @@ def _spawn(
 
 def _environment(scratch: str, limits: SandboxLimits) -> dict[str, str]:
     """The whole environment of the cell: an allowlist, nothing inherited but PATH."""
-    threads = str(max(1, limits.threads))
-    return {
-        "PATH": os.environ.get("PATH") or os.defpath,
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "HOME": scratch,
-        "TMPDIR": scratch,
-        "MPLBACKEND": "Agg",
-        "PYTHONHASHSEED": "0",
-        "PYTHONNOUSERSITE": "1",
-        "PYTHONSAFEPATH": "1",
-        "PYTHONUTF8": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "OMP_NUM_THREADS": threads,
-        "OPENBLAS_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-        "NUMEXPR_NUM_THREADS": threads,
-        # Arrow's default allocator reserves ~1 GB of address space up front,
-        # which an RLIMIT_AS sized for the data would refuse.
-        "ARROW_DEFAULT_MEMORY_POOL": "system",
-        "MALLOC_ARENA_MAX": "2",
-    }
+    env = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"))
+    env = {name: str(max(1, limits.threads)) for name in env}
+    env.update(
+        dict.fromkeys(("PYTHONNOUSERSITE", "PYTHONSAFEPATH", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE"), "1")
+    )
+    # Arrow's default allocator reserves ~1 GB of address space up front,
+    # which an RLIMIT_AS sized for the data would refuse.
+    env.update(ARROW_DEFAULT_MEMORY_POOL="system", MALLOC_ARENA_MAX="2", MPLBACKEND="Agg", PYTHONHASHSEED="0")
+    env.update(PATH=os.environ.get("PATH") or os.defpath, LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    return {**env, "HOME": scratch, "TMPDIR": scratch}
 
 
 def _rlimits(limits: SandboxLimits, nproc: bool) -> dict[str, tuple[int, int]]:
@@ -200,28 +191,23 @@ def _rlimits(limits: SandboxLimits, nproc: bool) -> dict[str, tuple[int, int]]:
     if limits.file_size_mb:
         out["RLIMIT_FSIZE"] = (limits.file_size_mb * MB,) * 2
     if nproc and limits.max_processes and os.geteuid() != 0:
-        # The count is per uid, so leave room for what the worker's user already runs.
-        count = limits.max_processes + _tasks_of_uid(os.getuid())
+        # The count is per uid (threads included): leave room for what the worker's user already runs.
+        count = limits.max_processes + sum(_threads_of(pid) for pid in os.listdir("/proc") if pid.isdigit())
         out["RLIMIT_NPROC"] = (count, count)
     return out
 
 
-def _tasks_of_uid(uid: int) -> int:
-    total = 0
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                if os.stat(f"/proc/{pid}").st_uid == uid:
-                    total += len(os.listdir(f"/proc/{pid}/task"))
-            except OSError:
-                continue
-    return total
+def _threads_of(pid: str) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) if os.stat(f"/proc/{pid}").st_uid == os.getuid() else 0
+    except OSError:
+        return 0
 
 
 class _Stream:
     """One captured pipe: keeps the head up to a cap and feeds complete lines to a callback."""
 
-    def __init__(self, cap: int, on_line: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cap: int, on_line: LineSink | None = None) -> None:
         self.head = bytearray()
         self.cap = cap
         self.truncated = False
@@ -275,7 +261,9 @@ class _Run:
 class _Supervisor:
     """Reads the three pipes in the calling thread until the process and its children are gone."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], result_fd: int, limits: SandboxLimits, on_stdout: Callable[[str], None] | None) -> None:
+    def __init__(
+        self, proc: Popen[bytes], result_fd: int, limits: SandboxLimits, on_line: LineSink | None
+    ) -> None:
         self.proc = proc
         self.result_fd = result_fd
         self.result = bytearray()
@@ -283,7 +271,7 @@ class _Supervisor:
         self.overflow = False
         assert proc.stdout is not None and proc.stderr is not None
         self.streams = {
-            proc.stdout.fileno(): _Stream(limits.stdout_cap_bytes, on_stdout),
+            proc.stdout.fileno(): _Stream(limits.stdout_cap_bytes, on_line),
             proc.stderr.fileno(): _Stream(limits.stderr_cap_bytes),
         }
 
@@ -374,23 +362,28 @@ def _assemble(run: _Run, limits: SandboxLimits, timeout: float, isolated: bool, 
     res, readable = ResultPackage(), False
     if run.result and not run.result_overflow:
         try:
-            res, readable = decode_result(run.result), True
+            res, readable = decode_result(run.result, verify=False), True  # re-hashed when re-encoded
         except DecloudError:
             log.warning("the sandbox runtime wrote a malformed result")
     res.stdout, res.stderr = run.stdout.text(), run.stderr.text()
     res.truncated = {"stdout": run.stdout.truncated, "stderr": run.stderr.truncated}
     res.exit_status = run.returncode
     res.timings = {**res.timings, "wall": run.wall, "cpu": run.cpu_seconds}
-    res.sandbox = {"network_isolated": isolated and not limits.network, "pid_namespace": isolated, "pids_cgroup": cgroup}
+    res.sandbox = {"network_isolated": isolated and not limits.network, "pid_namespace": isolated}
+    res.sandbox["pids_cgroup"] = cgroup
     res.failure = _failure(run, res, readable, limits, timeout)
     return encode_result(res)
 
 
-def _failure(run: _Run, res: ResultPackage, readable: bool, limits: SandboxLimits, timeout: float) -> str | None:
+def _failure(
+    run: _Run, res: ResultPackage, readable: bool, limits: SandboxLimits, timeout: float
+) -> str | None:
+    """The sentence for a run the sandbox cut short, most telling cause first."""
     code = run.returncode
     if run.timed_out:
         return f"The task was killed after its {timeout:g} s wall-clock timeout."
-    if limits.cpu_seconds and (code == -signal.SIGXCPU or (code == -signal.SIGKILL and run.cpu_seconds >= limits.cpu_seconds)):
+    cpu_killed = code == -signal.SIGKILL and run.cpu_seconds >= (limits.cpu_seconds or float("inf"))
+    if code == -signal.SIGXCPU or cpu_killed:
         return f"The task was stopped after using its {limits.cpu_seconds} s of CPU time."
     if code == -signal.SIGXFSZ:
         return f"The task was stopped for writing a file larger than its {limits.file_size_mb} MB limit."
@@ -404,11 +397,14 @@ def _failure(run: _Run, res: ResultPackage, readable: bool, limits: SandboxLimit
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
         hint = " (the machine may have run out of memory)" if code == -signal.SIGKILL else ""
         return f"The task's process was killed by {name}{hint}."
-    if not readable:
-        if run.result:
-            return "The task's process returned a malformed result; the cell may have written to the sandbox's result pipe."
-        return f"The task's process ended (exit status {code}) before it reported a result; the cell may have called os._exit."
-    return None
+    if readable:
+        return None
+    if run.result:
+        return "The task's process returned a malformed result; the cell may have written to its result pipe."
+    return (
+        f"The task's process ended (exit status {code}) before it reported a result; "
+        "the cell may have called os._exit."
+    )
 
 
 # -- isolation probes ----------------------------------------------------------
@@ -418,19 +414,21 @@ _probe_cache: dict[tuple[str, bool], bool] = {}
 
 
 def _unshare_works(python: str, network: bool) -> bool:
+    """Whether namespaces work here (kernels and containers may forbid them); asked once per setup."""
     key = (python, network)
     with _probe_lock:
         if key not in _probe_cache:
             argv = [*_UNSHARE, *([] if network else ["--net"]), python, "-c", "pass"]
+            quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
             try:
-                ok = shutil.which("unshare") is not None and subprocess.run(
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=20, cwd="/"
-                ).returncode == 0
+                done = subprocess.run(argv, **quiet, timeout=20, cwd="/", check=False)  # type: ignore[call-overload]
+                _probe_cache[key] = shutil.which("unshare") is not None and done.returncode == 0
             except (OSError, subprocess.SubprocessError):
-                ok = False
-            if not ok:
-                log.warning("network isolation unavailable: `unshare` does not work here; sandboxes share the worker's network")
-            _probe_cache[key] = ok
+                _probe_cache[key] = False
+            if not _probe_cache[key]:
+                log.warning(
+                    "network isolation unavailable: `unshare` fails here, so sandboxes share the network"
+                )
         return _probe_cache[key]
 
 
@@ -473,14 +471,12 @@ class _PidsCgroup:
             return False
 
     def destroy(self) -> None:
+        """Kill whatever is still inside (a setsid'd child without a PID namespace) and remove it."""
         for _ in range(100):  # processes killed a moment ago may still be exiting
             try:
                 with open(self.procs) as fh:
                     for pid in fh.read().split():
-                        try:
-                            os.kill(int(pid), signal.SIGKILL)
-                        except OSError:
-                            pass
+                        _kill_quietly(int(pid))
                 os.rmdir(self.path)
                 return
             except OSError as exc:
@@ -488,6 +484,13 @@ class _PidsCgroup:
                     return
                 time.sleep(0.02)
         log.warning("could not remove the sandbox cgroup %s", self.path)
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _pids_cgroup_base() -> str | None:

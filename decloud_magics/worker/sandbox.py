@@ -6,24 +6,24 @@ eat all memory, fill the disk, fork without end, read the environment or call
 so the cell never runs in the worker's own interpreter. Each run gets:
 
 - a new session (``start_new_session``), so one ``killpg`` reaches everything
-  it started; and, when ``unshare`` works (probed once), a user + PID + mount
-  namespace with its own ``/proc``, so even a child that left the process
-  group dies with the sandbox and the worker's processes are not visible, plus
-  a network namespace with no interfaces unless ``SandboxLimits.network``;
-- resource limits (address space, CPU seconds, file size) set by the child
-  before any task byte is read, and a pids cgroup when one can be created:
-  ``RLIMIT_NPROC`` counts every process of the uid and is not enforced for
-  root at all, so without the cgroup a root worker relies on the timeout;
+  it started; and, when ``unshare`` works (probed once), user + PID + mount
+  namespaces with their own ``/proc``, so even a child that left the process
+  group dies with the sandbox and the worker's processes are invisible, plus a
+  network namespace without interfaces unless ``SandboxLimits.network``;
+- limits (address space, CPU seconds, file size) that the child sets before it
+  reads a task byte, and a pids cgroup when one can be created: RLIMIT_NPROC
+  counts every process of the uid and does not bind root at all, so without
+  the cgroup a root worker relies on the timeout against a fork bomb;
 - a scratch directory as cwd, HOME and TMPDIR, deleted afterwards, and an
   environment built from an allowlist: none of the worker's variables (keys,
   tokens) reach the cell. Files are another matter for a root worker: root
-  reads any file, and the user namespace maps it to root. A worker holds its
+  reads any file, and the user namespace maps it to root. A worker keeps its
   key in memory and never passes a key path; run workers as an unprivileged
   user to make file modes count.
 
 ``run_in_sandbox`` always returns result bytes: timeouts, limits and crashes
-become a ``failure`` sentence in the result. A later warm pool can replace
-``_spawn`` (start the interpreter ahead of time) without touching the rest.
+become a ``failure`` sentence. A warm pool of pre-started interpreters can
+later replace ``_spawn`` alone.
 """
 
 from __future__ import annotations
@@ -62,11 +62,16 @@ _BOOT = (
     "sys.modules['decloud_magics']=p;from decloud_magics.worker.runtime import main;main(sys.argv[2])"
 )
 _UNSHARE = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child", "--mount-proc"]
+_UNSHARE_SIGKILL = b"unshare: sigprocmask unblock failed: Invalid argument\n"
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """What one run may use. ``memory_mb`` caps address space (RLIMIT_AS), not RSS."""
+    """What one run may use.
+
+    ``memory_mb`` caps address space (RLIMIT_AS), not resident memory: importing
+    pandas alone takes ~350 MB of it. ``max_processes`` counts threads too.
+    """
 
     cpu_seconds: int | None = None
     memory_mb: int | None = 4096
@@ -89,14 +94,14 @@ def run_in_sandbox(
 ) -> bytes:
     """Run a task package in a sandbox process; return the encoded result package.
 
-    ``on_stdout`` is called with each stdout line as it arrives (live progress),
-    from the calling thread. Failures (timeout, limits, crashes) come back as
-    results with a ``failure`` sentence; only a bug of the worker itself raises.
+    ``on_stdout`` gets each stdout line as it arrives (live progress), called
+    from the calling thread. Timeouts, limits and crashes come back as results
+    with a ``failure`` sentence; only a bug of the worker itself raises.
     """
     limits = limits or SandboxLimits()
     started = time.monotonic()
     scratch = tempfile.mkdtemp(prefix="decloud-task-")
-    cgroup = _PidsCgroup.create(limits.max_processes) if limits.max_processes else None
+    cgroup = _make_pids_cgroup(limits.max_processes) if limits.max_processes else None
     isolated = _unshare_works(python, limits.network)
     try:
         task_path = os.path.join(scratch, ".decloud-task")
@@ -110,15 +115,19 @@ def run_in_sandbox(
             raise
         finally:
             os.close(write_fd)
-        run = _Supervisor(proc, read_fd, limits, on_stdout).supervise(timeout)
+        run = _Run(proc, read_fd, limits, on_stdout)
+        run.supervise(timeout)
         run.wall = time.monotonic() - started
-        if isolated:
-            _undo_unshare_quirk(run)
-        run.process_limit_hit = cgroup is not None and cgroup.limit_hit()
+        if isolated and run.returncode == 1 and run.stderr.head.endswith(_UNSHARE_SIGKILL):
+            # unshare re-raises the child's death signal on itself, which fails for
+            # SIGKILL (util-linux 2.38) and ends in "exit 1" plus this line.
+            del run.stderr.head[-len(_UNSHARE_SIGKILL) :]
+            run.returncode = -signal.SIGKILL
+        run.process_limit_hit = cgroup is not None and _pids_limit_hit(cgroup)
         return _assemble(run, limits, timeout, isolated, cgroup is not None)
     finally:
         if cgroup is not None:
-            cgroup.destroy()
+            _remove_cgroup(cgroup)
         if sys.version_info >= (3, 12):
             shutil.rmtree(scratch, onexc=_force_remove)
         else:
@@ -133,18 +142,18 @@ def network_isolation_available(python: str = sys.executable) -> bool:
 def _spawn(
     python: str,
     scratch: str,
-    task_path: str,
+    task: str,
     result_fd: int,
     limits: SandboxLimits,
-    cgroup: _PidsCgroup | None,
+    cgroup: str | None,
     isolated: bool,
 ) -> Popen[bytes]:
-    """Start the sandbox process; the one step a warm pool of interpreters would replace."""
+    """Start the sandbox process: the one step a warm pool of interpreters would replace."""
     config = {
-        "task": task_path,
+        "task": task,
         "result_fd": result_fd,
-        "rlimits": _rlimits(limits, cgroup is None),
-        "cgroup_procs": cgroup.procs if cgroup else None,
+        "rlimits": _rlimits(limits, nproc=cgroup is None),
+        "cgroup_procs": os.path.join(cgroup, "cgroup.procs") if cgroup else None,
         "memory_mb": limits.memory_mb,
         "cpu_seconds": limits.cpu_seconds,
         "file_size_mb": limits.file_size_mb,
@@ -156,22 +165,15 @@ def _spawn(
     argv = [python, "-u", "-c", _BOOT, _PACKAGE_DIR, json.dumps(config)]
     if isolated:
         argv = [*_UNSHARE, *([] if limits.network else ["--net"]), *argv]
-    return subprocess.Popen(
-        argv,
-        cwd=scratch,
-        env=_environment(scratch, limits),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        pass_fds=(result_fd,),
-        start_new_session=True,
-    )
+    pipe = subprocess.PIPE
+    env = _environment(scratch, limits)
+    return Popen(argv, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, pass_fds=(result_fd,), start_new_session=True)  # fmt: skip
 
 
 def _environment(scratch: str, limits: SandboxLimits) -> dict[str, str]:
     """The whole environment of the cell: an allowlist, nothing inherited but PATH."""
-    env = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"))
-    env = {name: str(max(1, limits.threads)) for name in env}
+    threads = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+    env = dict.fromkeys(threads, str(max(1, limits.threads)))
     env.update(
         dict.fromkeys(("PYTHONNOUSERSITE", "PYTHONSAFEPATH", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE"), "1")
     )
@@ -205,7 +207,7 @@ def _threads_of(pid: str) -> int:
 
 
 class _Stream:
-    """One captured pipe: keeps the head up to a cap and feeds complete lines to a callback."""
+    """One captured pipe: keeps the head up to a cap and hands complete lines to a callback."""
 
     def __init__(self, cap: int, on_line: LineSink | None = None) -> None:
         self.head = bytearray()
@@ -215,19 +217,18 @@ class _Stream:
         self._pending = bytearray()
 
     def feed(self, chunk: bytes) -> None:
-        room = self.cap - len(self.head)
-        kept = chunk[: max(room, 0)]
+        kept = chunk[: max(self.cap - len(self.head), 0)]
         self.head += kept
-        if len(chunk) > len(kept):
-            self.truncated = True
-        if self.on_line is not None and kept:
-            self._pending += kept
-            *lines, rest = self._pending.split(b"\n")
-            if len(rest) > 65536:  # a progress bar without newlines still shows up
-                lines, rest = [*lines, rest], b""
-            self._pending = bytearray(rest)
-            for line in lines:
-                self._emit(line)
+        self.truncated = self.truncated or len(kept) < len(chunk)
+        if self.on_line is None or not kept:
+            return
+        self._pending += kept
+        *lines, rest = self._pending.split(b"\n")
+        if len(rest) > 65536:  # a progress bar without newlines still shows up
+            lines, rest = [*lines, rest], bytearray()
+        self._pending = bytearray(rest)
+        for line in lines:
+            self._emit(line)
 
     def close(self) -> None:
         if self._pending:
@@ -245,72 +246,51 @@ class _Stream:
         return self.head.decode("utf-8", "replace")
 
 
-@dataclass
 class _Run:
-    returncode: int
-    stdout: _Stream
-    stderr: _Stream
-    result: bytes
-    result_overflow: bool
-    timed_out: bool
-    cpu_seconds: float
-    wall: float = 0.0
-    process_limit_hit: bool = False
-
-
-class _Supervisor:
-    """Reads the three pipes in the calling thread until the process and its children are gone."""
+    """One sandbox process, read in the calling thread until it and its children are gone."""
 
     def __init__(
         self, proc: Popen[bytes], result_fd: int, limits: SandboxLimits, on_line: LineSink | None
     ) -> None:
-        self.proc = proc
-        self.result_fd = result_fd
-        self.result = bytearray()
-        self.result_cap = limits.max_output_mb * MB + 64 * MB  # values plus the manifest and displays
-        self.overflow = False
         assert proc.stdout is not None and proc.stderr is not None
-        self.streams = {
-            proc.stdout.fileno(): _Stream(limits.stdout_cap_bytes, on_line),
-            proc.stderr.fileno(): _Stream(limits.stderr_cap_bytes),
-        }
+        self.proc, self.result_fd = proc, result_fd
+        self.stdout = _Stream(limits.stdout_cap_bytes, on_line)
+        self.stderr = _Stream(limits.stderr_cap_bytes)
+        self.streams = {proc.stdout.fileno(): self.stdout, proc.stderr.fileno(): self.stderr}
+        self.result = bytearray()
+        self.result_cap = limits.max_output_mb * MB + 64 * MB  # the values plus manifest and displays
+        self.result_overflow = self.timed_out = self.process_limit_hit = False
+        self.returncode, self.cpu_seconds, self.wall = 0, 0.0, 0.0
 
-    def supervise(self, timeout: float) -> _Run:
+    def supervise(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         sel = selectors.DefaultSelector()
         for fd in (*self.streams, self.result_fd):
             sel.register(fd, selectors.EVENT_READ)
-        exited = timed_out = False
-        killed_at: float | None = None
+        exited, killed_at = False, None
         try:
             while sel.get_map():
                 now = time.monotonic()
                 if killed_at is None and now >= deadline:
-                    timed_out = True
-                    killed_at = self._kill()
+                    self.timed_out, killed_at = True, self._kill()
                 if killed_at is not None and now - killed_at > _KILL_GRACE:
                     break  # something outside our reach holds a pipe open; stop listening
-                wait = 0.05 if exited or killed_at else max(0.0, min(deadline - now, 0.25))
+                wait = 0.05 if killed_at is not None else max(0.0, min(deadline - now, 0.25))
                 for key, _ in sel.select(wait):
                     self._read(sel, key.fd)
                 if not exited and _has_exited(self.proc.pid):
                     exited = True
-                    if killed_at is None:
-                        killed_at = self._kill()  # children the cell left behind
+                    killed_at = self._kill() if killed_at is None else killed_at  # children left behind
         finally:
             sel.close()
             os.close(self.result_fd)
-            for stream in self.streams.values():
-                stream.close()
+            self.stdout.close()
             self._kill()
         _pid, status, usage = os.wait4(self.proc.pid, 0)
-        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.proc.returncode = self.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu_seconds = usage.ru_utime + usage.ru_stime  # unshare waited for the cell, so this includes it
         for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        out, err = self.streams.values()
-        cpu = usage.ru_utime + usage.ru_stime
-        return _Run(self.proc.returncode, out, err, bytes(self.result), self.overflow, timed_out, cpu)
+            pipe.close()  # type: ignore[union-attr]
 
     def _read(self, sel: selectors.BaseSelector, fd: int) -> None:
         try:
@@ -319,13 +299,12 @@ class _Supervisor:
             chunk = b""
         if not chunk:
             sel.unregister(fd)
-        elif fd == self.result_fd:
-            if len(self.result) + len(chunk) > self.result_cap:
-                self.overflow = True  # keep draining so the child is not blocked, but drop the bytes
-            elif not self.overflow:
-                self.result += chunk
-        else:
+        elif fd != self.result_fd:
             self.streams[fd].feed(chunk)
+        elif len(self.result) + len(chunk) > self.result_cap or self.result_overflow:
+            self.result_overflow = True  # keep draining so the child is not blocked, but drop the bytes
+        else:
+            self.result += chunk
 
     def _kill(self) -> float:
         try:
@@ -336,41 +315,29 @@ class _Supervisor:
 
 
 def _has_exited(pid: int) -> bool:
-    """Exited, but not reaped: the pid (our process group id) stays reserved until we kill stragglers."""
+    """Exited but not reaped, so the pid (our process group's id) stays ours while we kill stragglers."""
     try:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:
         return True
 
 
-_UNSHARE_SIGKILL = b"unshare: sigprocmask unblock failed: Invalid argument\n"
-
-
-def _undo_unshare_quirk(run: _Run) -> None:
-    """Recover a SIGKILL that ``unshare`` turned into "exit 1" plus a line on stderr.
-
-    unshare forwards the child's death signal by re-raising it on itself, which
-    fails for SIGKILL (util-linux 2.38); its message is not the cell's output.
-    """
-    head = run.stderr.head
-    if run.returncode == 1 and head.endswith(_UNSHARE_SIGKILL):
-        del head[len(head) - len(_UNSHARE_SIGKILL) :]
-        run.returncode = -signal.SIGKILL
-
-
 def _assemble(run: _Run, limits: SandboxLimits, timeout: float, isolated: bool, cgroup: bool) -> bytes:
     res, readable = ResultPackage(), False
     if run.result and not run.result_overflow:
         try:
-            res, readable = decode_result(run.result, verify=False), True  # re-hashed when re-encoded
+            res, readable = decode_result(bytes(run.result), verify=False), True  # hashed again below
         except DecloudError:
             log.warning("the sandbox runtime wrote a malformed result")
     res.stdout, res.stderr = run.stdout.text(), run.stderr.text()
     res.truncated = {"stdout": run.stdout.truncated, "stderr": run.stderr.truncated}
     res.exit_status = run.returncode
     res.timings = {**res.timings, "wall": run.wall, "cpu": run.cpu_seconds}
-    res.sandbox = {"network_isolated": isolated and not limits.network, "pid_namespace": isolated}
-    res.sandbox["pids_cgroup"] = cgroup
+    res.sandbox = {
+        "network_isolated": isolated and not limits.network,
+        "pid_namespace": isolated,
+        "pids_cgroup": cgroup,
+    }
     res.failure = _failure(run, res, readable, limits, timeout)
     return encode_result(res)
 
@@ -378,12 +345,13 @@ def _assemble(run: _Run, limits: SandboxLimits, timeout: float, isolated: bool, 
 def _failure(
     run: _Run, res: ResultPackage, readable: bool, limits: SandboxLimits, timeout: float
 ) -> str | None:
-    """The sentence for a run the sandbox cut short, most telling cause first."""
+    """The sentence for a run the sandbox cut short, the most telling cause first."""
     code = run.returncode
     if run.timed_out:
         return f"The task was killed after its {timeout:g} s wall-clock timeout."
-    cpu_killed = code == -signal.SIGKILL and run.cpu_seconds >= (limits.cpu_seconds or float("inf"))
-    if code == -signal.SIGXCPU or cpu_killed:
+    if code == -signal.SIGXCPU or (
+        code == -signal.SIGKILL and run.cpu_seconds >= (limits.cpu_seconds or 1e18)
+    ):
         return f"The task was stopped after using its {limits.cpu_seconds} s of CPU time."
     if code == -signal.SIGXFSZ:
         return f"The task was stopped for writing a file larger than its {limits.file_size_mb} MB limit."
@@ -401,96 +369,54 @@ def _failure(
         return None
     if run.result:
         return "The task's process returned a malformed result; the cell may have written to its result pipe."
-    return (
-        f"The task's process ended (exit status {code}) before it reported a result; "
-        "the cell may have called os._exit."
-    )
+    return f"The task's process ended (exit status {code}) before it reported a result; the cell may have called os._exit."  # fmt: skip
 
 
-# -- isolation probes ----------------------------------------------------------
+# -- isolation that depends on the machine -------------------------------------------
 
 _probe_lock = threading.Lock()
-_probe_cache: dict[tuple[str, bool], bool] = {}
+_unshare_cache: dict[tuple[str, bool], bool] = {}
+_cgroup_state: dict[str, object] = {}
 
 
 def _unshare_works(python: str, network: bool) -> bool:
     """Whether namespaces work here (kernels and containers may forbid them); asked once per setup."""
     key = (python, network)
     with _probe_lock:
-        if key not in _probe_cache:
+        if key not in _unshare_cache:
             argv = [*_UNSHARE, *([] if network else ["--net"]), python, "-c", "pass"]
             quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
             try:
                 done = subprocess.run(argv, **quiet, timeout=20, cwd="/", check=False)  # type: ignore[call-overload]
-                _probe_cache[key] = shutil.which("unshare") is not None and done.returncode == 0
+                _unshare_cache[key] = shutil.which("unshare") is not None and done.returncode == 0
             except (OSError, subprocess.SubprocessError):
-                _probe_cache[key] = False
-            if not _probe_cache[key]:
+                _unshare_cache[key] = False
+            if not _unshare_cache[key]:
                 log.warning(
                     "network isolation unavailable: `unshare` fails here, so sandboxes share the network"
                 )
-        return _probe_cache[key]
+        return _unshare_cache[key]
 
 
-class _PidsCgroup:
-    """A pids cgroup for one run: the only process cap that binds a root worker."""
-
-    _base: str | None = None
-    _probed = False
-    _counter = 0
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.procs = os.path.join(path, "cgroup.procs")
-
-    @classmethod
-    def create(cls, max_processes: int) -> _PidsCgroup | None:
-        with _probe_lock:
-            if not cls._probed:
-                cls._base, cls._probed = _pids_cgroup_base(), True
-            cls._counter += 1
-            name = f"decloud-{os.getpid()}-{cls._counter}"
-        if cls._base is None:
-            return None
-        path = os.path.join(cls._base, name)
-        try:
-            os.mkdir(path)
-            with open(os.path.join(path, "pids.max"), "w") as fh:
-                fh.write(str(max_processes))
-        except OSError:
-            shutil.rmtree(path, ignore_errors=True)
-            return None
-        return cls(path)
-
-    def limit_hit(self) -> bool:
-        """Whether the kernel refused a fork because of ``pids.max``."""
-        try:
-            with open(os.path.join(self.path, "pids.events")) as fh:
-                return any(line.split()[:1] == ["max"] and line.split()[1] != "0" for line in fh)
-        except (OSError, IndexError):
-            return False
-
-    def destroy(self) -> None:
-        """Kill whatever is still inside (a setsid'd child without a PID namespace) and remove it."""
-        for _ in range(100):  # processes killed a moment ago may still be exiting
-            try:
-                with open(self.procs) as fh:
-                    for pid in fh.read().split():
-                        _kill_quietly(int(pid))
-                os.rmdir(self.path)
-                return
-            except OSError as exc:
-                if exc.errno == errno.ENOENT:
-                    return
-                time.sleep(0.02)
-        log.warning("could not remove the sandbox cgroup %s", self.path)
-
-
-def _kill_quietly(pid: int) -> None:
+def _make_pids_cgroup(max_processes: int) -> str | None:
+    """A pids cgroup for one run (its path), or None where none can be made."""
+    with _probe_lock:
+        if "base" not in _cgroup_state:
+            _cgroup_state["base"] = _pids_cgroup_base()
+        count = int(_cgroup_state.get("count", 0)) + 1  # type: ignore[call-overload]
+        _cgroup_state["count"] = count
+    base = _cgroup_state["base"]
+    if not isinstance(base, str):
+        return None
+    path = os.path.join(base, f"decloud-{os.getpid()}-{count}")
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.mkdir(path)
+        with open(os.path.join(path, "pids.max"), "w") as fh:
+            fh.write(str(max_processes))
     except OSError:
-        pass
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+    return path
 
 
 def _pids_cgroup_base() -> str | None:
@@ -501,19 +427,49 @@ def _pids_cgroup_base() -> str | None:
         return None
     for line in lines:
         _id, controllers, path = line.split(":", 2)
-        if "pids" in controllers.split(","):
+        if "pids" in controllers.split(","):  # cgroup v1
             base = os.path.join("/sys/fs/cgroup/pids", path.lstrip("/"))
-            if os.access(base, os.W_OK):
-                return base
-        if controllers == "" and os.path.exists("/sys/fs/cgroup/cgroup.subtree_control"):
+        elif controllers == "":  # cgroup v2: only if pids is delegated to our children
             base = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
             try:
                 with open(os.path.join(base, "cgroup.subtree_control")) as fh:
-                    if "pids" in fh.read().split() and os.access(base, os.W_OK):
-                        return base
+                    if "pids" not in fh.read().split():
+                        continue
             except OSError:
                 continue
+        else:
+            continue
+        if os.access(base, os.W_OK):
+            return base
     return None
+
+
+def _pids_limit_hit(cgroup: str) -> bool:
+    """Whether the kernel refused a fork because of ``pids.max``."""
+    try:
+        with open(os.path.join(cgroup, "pids.events")) as fh:
+            return any(line.split()[:1] == ["max"] and line.split()[1:] != ["0"] for line in fh)
+    except OSError:
+        return False
+
+
+def _remove_cgroup(cgroup: str) -> None:
+    """Kill what is still inside (a setsid'd child when there is no PID namespace), then remove it."""
+    for _ in range(100):  # processes killed a moment ago may still be exiting
+        try:
+            with open(os.path.join(cgroup, "cgroup.procs")) as fh:
+                for pid in fh.read().split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except OSError:
+                        pass
+            os.rmdir(cgroup)
+            return
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            time.sleep(0.02)
+    log.warning("could not remove the sandbox cgroup %s", cgroup)
 
 
 def _force_remove(func: Callable[..., object], path: str, _exc: object) -> None:

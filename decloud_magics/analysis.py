@@ -410,7 +410,7 @@ class _ModuleFlow:
             self.bind(name)
 
 
-def _nested_scope_names(node: ast.AST) -> tuple[list[str], list[str]]:
+def _nested_scope_names(node: ast.stmt | ast.expr) -> tuple[list[str], list[str]]:
     """Module-level names a nested scope reads and stores, as CPython resolves them.
 
     Compiling the node alone and reading its bytecode gives scoping exactly as

@@ -57,6 +57,8 @@ class Client:
     ledger : where runs are recorded; the default ledger file when None.
     key : the requester's key for networks other than ``local``; read from the
         environment, a ``.env`` file or a keystore when None.
+    connection : an already opened connection (a private embedded chain in
+        tests, a custom store); ``network`` then only names it.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class Client:
         default_price: str | int = DEFAULT_PRICE,
         queue_window_s: int = DEFAULT_QUEUE_WINDOW_S,
         max_price: str | int | None = None,
+        connection: Connection | None = None,
     ) -> None:
         from .ledger import Ledger
 
@@ -76,7 +79,7 @@ class Client:
         self.default_price_wei = parse_amount(default_price)
         self.max_price_wei = None if max_price is None else parse_amount(max_price)
         self.queue_window_s = queue_window_s
-        self.conn: Connection = connect(self.config, key)
+        self.conn: Connection = connection or connect(self.config, key)
         self.runs: dict[str, Run] = {}
         self._by_task: dict[int, Run] = {}
         self._orphans: dict[int, list[MarketEvent]] = defaultdict(list)

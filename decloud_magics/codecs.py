@@ -243,7 +243,7 @@ def _encode_json(value: Any) -> bytes:
         raise _NoSafeFormat from None
 
 
-def _decode_json(data: bytes, type_name: str) -> Any:
+def _decode_json(data: BytesLike, type_name: str) -> Any:
     return _from_tree(json.loads(bytes(data).decode("utf-8")))
 
 
@@ -275,7 +275,7 @@ def _encode_npy(value: Any) -> bytes:
     return b"".join([head.getbuffer(), memoryview(body)])
 
 
-def _decode_npy(data: bytes, type_name: str) -> Any:
+def _decode_npy(data: BytesLike, type_name: str) -> Any:
     import numpy as np
 
     fmt = np.lib.format
@@ -363,7 +363,7 @@ def _encode_arrow(value: Any) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _decode_arrow(data: bytes, type_name: str) -> Any:
+def _decode_arrow(data: BytesLike, type_name: str) -> Any:
     import pandas as pd
     import pyarrow as pa
 
@@ -442,7 +442,7 @@ def _encode_bytes(value: Any) -> bytes:
     raise _NoSafeFormat
 
 
-def _decode_bytes(data: bytes, type_name: str) -> Any:
+def _decode_bytes(data: BytesLike, type_name: str) -> Any:
     return bytearray(data) if type_name == "bytearray" else bytes(data)
 
 

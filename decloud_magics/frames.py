@@ -40,81 +40,29 @@ __all__ = [
 ]
 
 HISTORY_COLUMNS: tuple[str, ...] = (
-    "run_id",
-    "name",
-    "network",
-    "status",
-    "submitted_at",
-    "started_at",
-    "completed_at",
-    "duration_s",
-    "price",
-    "gas_used",
-    "gas_cost",
-    "total_cost",
-    "worker",
-    "input_cid",
-    "result_cid",
-    "error",
-    "cell_hash",
-)
+    "run_id", "name", "network", "status", "submitted_at", "started_at", "completed_at", "duration_s",
+    "price", "gas_used", "gas_cost", "total_cost", "worker", "input_cid", "result_cid", "error", "cell_hash",
+)  # fmt: skip
 EVENT_COLUMNS: tuple[str, ...] = (
-    "run_id",
-    "kind",
-    "at",
-    "block",
-    "tx_hash",
-    "gas_used",
-    "price",
-    "worker",
-    "message",
-)
+    "run_id", "kind", "at", "block", "tx_hash", "gas_used", "price", "worker", "message",
+)  # fmt: skip
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    "runs",
-    "completed",
-    "failed",
-    "not_processed",
-    "cancelled",
-    "disputed",
-    "in_flight",
-    "spent_hour",
-    "spent_today",
-    "spent_total",
-    "mean_duration_s",
-)
+    "runs", "completed", "failed", "not_processed", "cancelled", "disputed", "in_flight",
+    "spent_hour", "spent_today", "spent_total", "mean_duration_s",
+)  # fmt: skip
 
 # Enough digits for any uint256 amount of wei, so the ether Decimals are exact
 # whatever the default context says.
 _EXACT = decimal.Context(prec=80)
 
 _HISTORY_SELECT = (
-    "run_id",
-    "name",
-    "network",
-    "status",
-    "submitted_at",
-    "started_at",
-    "completed_at",
-    "price_wei",
-    "gas_used",
-    "gas_cost_wei",
-    "worker",
-    "input_cid",
-    "result_cid",
-    "error",
-    "cell_hash",
-)
+    "run_id", "name", "network", "status", "submitted_at", "started_at", "completed_at", "price_wei", "gas_used",
+    "gas_cost_wei", "worker", "input_cid", "result_cid", "error", "cell_hash",
+)  # fmt: skip
+_SUBMITTED = _HISTORY_SELECT.index("submitted_at")
 _HISTORY_TEXT = (
-    "run_id",
-    "name",
-    "network",
-    "status",
-    "worker",
-    "input_cid",
-    "result_cid",
-    "error",
-    "cell_hash",
-)
+    "run_id", "name", "network", "status", "worker", "input_cid", "result_cid", "error", "cell_hash",
+)  # fmt: skip
 
 # Python-backed "str": pandas' default pyarrow storage costs several times more
 # to build from Python strings, and these came from sqlite3 as Python strings.
@@ -173,16 +121,14 @@ def history_frame(
         sql += " ORDER BY rowid DESC"
 
     table = _table(ledger.query(sql, params), len(_HISTORY_SELECT))
-    if limit is None:
-        submitted = table[:, 4].astype("float64")
-        if len(submitted) > 1 and not (np.diff(submitted) <= 0).all():
-            table = table[np.argsort(-submitted, kind="stable")]
+    submitted_s = table[:, _SUBMITTED].astype("float64")
+    if limit is None and len(submitted_s) > 1 and not (np.diff(submitted_s) <= 0).all():
+        # Runs recorded out of order (imports, a second kernel): sort. The
+        # usual history is already in order and skips this.
+        order = np.argsort(-submitted_s, kind="stable")
+        table, submitted_s = table[order], submitted_s[order]
     column = dict(zip(_HISTORY_SELECT, table.T))
-
-    submitted_s, completed_s = (
-        column["submitted_at"].astype("float64"),
-        column["completed_at"].astype("float64"),
-    )
+    completed_s = column["completed_at"].astype("float64")
     price, gas_cost = _ether(column["price_wei"], repeats=True), _ether(column["gas_cost_wei"])
     with decimal.localcontext(_EXACT):
         total = [p + g for p, g in zip(price, gas_cost)]

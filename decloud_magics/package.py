@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .analysis import cell_names
-from .codecs import MB, Encoded, check_size, decode_value, encode_value
+from .codecs import MB, BytesLike, Encoded, check_size, decode_value, encode_value
 from .errors import IntegrityError, SerializationError, UnsafeValueError, UsageError
 
 __all__ = [
@@ -233,7 +233,7 @@ def encode_result(res: ResultPackage) -> bytes:
     displays = json.dumps(res.displays, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
         "utf-8"
     )
-    blobs = [
+    blobs: list[tuple[dict[str, Any], BytesLike]] = [
         ({"role": "stdout"}, res.stdout.encode("utf-8", "replace")),
         ({"role": "stderr"}, res.stderr.encode("utf-8", "replace")),
         ({"role": "displays"}, displays),
@@ -333,7 +333,7 @@ def decode_values(
 
 
 def _pack(
-    manifest: dict[str, Any], blobs: list[tuple[dict[str, Any], bytes]], trailer: dict[str, Any] | None
+    manifest: dict[str, Any], blobs: list[tuple[dict[str, Any], BytesLike]], trailer: dict[str, Any] | None
 ) -> bytes:
     entries, offset = [], 0
     for entry, data in blobs:

@@ -29,7 +29,7 @@ from typing import Any
 import eth  # noqa: F401
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from web3 import EthereumTesterProvider, Web3
 from web3.logs import DISCARD
 
@@ -47,8 +47,18 @@ TERMINAL_EVENTS = ("TaskCompleted", "TaskCancelled", "TaskNotProcessed", "TaskDi
 
 PARTIES = 6  # five keys and the contract
 REQUESTER, HOLDER = 6, 7  # "whoever created / holds a seat of the task"
-WHO = st.integers(min_value=0, max_value=7)
-TASK = st.integers(min_value=0, max_value=10_000)
+ACTOR = PARTIES - 1  # the party that is a contract
+ANYONE = st.integers(min_value=0, max_value=PARTIES - 1)
+# Mostly the party the call is meant for, sometimes anyone else.
+AS_WORKER = st.one_of(st.just(HOLDER), ANYONE)
+AS_REQUESTER = st.one_of(st.just(REQUESTER), ANYONE)
+TASK = st.integers(min_value=0, max_value=15)
+PRICES = st.sampled_from([1, 3, 10**15 + 1, 10**18])
+VALIDATORS = st.integers(min_value=1, max_value=3)
+LEASES = st.sampled_from([20, 200])
+WINDOWS = st.sampled_from([5, 60, 600])
+BATCH = st.integers(min_value=1, max_value=3)
+DIGESTS = st.sampled_from([DIGEST_A, DIGEST_A, DIGEST_A, DIGEST_B])  # agreement is the common case
 
 
 class Refused(Exception):
@@ -136,8 +146,14 @@ class MarketMachine(RuleBasedStateMachine):
     # -- plumbing ----------------------------------------------------------------
 
     def _task_id(self, pick: int) -> int:
-        # Includes 0 and one past the last id, which do not exist.
-        return pick % (len(self.tasks) + 2)
+        """Mostly a live task (newest first), sometimes any task, rarely an id that does not exist."""
+        if pick == 15:
+            return len(self.tasks) + 1
+        if pick == 14:
+            return 0
+        live = [i for i, t in self.tasks.items() if t.status in LIVE]
+        pool = live if live and pick < 10 else list(self.tasks)
+        return pool[-1 - pick % len(pool)]
 
     def _who(self, who: int, task_id: int | None = None) -> str:
         task = self.tasks.get(task_id) if task_id is not None else None
@@ -223,37 +239,23 @@ class MarketMachine(RuleBasedStateMachine):
             raise Refused("NotRequester")
         return task
 
-    # -- rules -------------------------------------------------------------------
+    # -- model + chain steps, by task and sender ----------------------------------
 
-    @rule(
-        who=WHO,
-        price=st.sampled_from([1, 3, 10**15 + 1, 10**18]),
-        validators=st.integers(min_value=1, max_value=3),
-        lease=st.sampled_from([20, 200]),
-        window=st.sampled_from([5, 60, 600]),
-        count=st.integers(min_value=1, max_value=3),
-        batch=st.booleans(),
-    )
-    def create(self, who: int, price: int, validators: int, lease: int, window: int, count: int, batch: bool) -> None:
-        sender = self._who(who)
+    def _create(self, sender: str, price: int, validators: int, lease: int, window: int, count: int) -> None:
         deadline = self.now + 1 + window
 
         def model() -> None:
             first = len(self.tasks) + 1
-            for i in range(count if batch else 1):
+            for i in range(count):
                 self.tasks[first + i] = Task(sender, price, deadline, lease, validators, seats=[None] * validators)
                 self.touched.add(first + i)
 
-        if batch:
+        if count > 1:
             self._run(sender, "createTasks", [[CID] * count, 60, lease, deadline, validators, 1, 256], price * count, model)
         else:
             self._run(sender, "createTask", [CID, 60, lease, deadline, validators, 1, 256], price, model)
 
-    @rule(pick=TASK, who=WHO)
-    def claim(self, pick: int, who: int) -> None:
-        task_id = self._task_id(pick)
-        sender = self._who(who, task_id)
-
+    def _claim(self, task_id: int, sender: str) -> bool:
         def model() -> None:
             task = self._live(task_id)
             now = self.now
@@ -275,14 +277,12 @@ class MarketMachine(RuleBasedStateMachine):
             task.seats[seat] = Seat(sender, min(now + task.lease, task.deadline))
             self.touched.add(task_id)
 
-        self._run(sender, "claim", [task_id], 0, model)
+        return self._run(sender, "claim", [task_id], 0, model)
 
-    @rule(pick=TASK, who=WHO, digest=st.sampled_from([DIGEST_A, DIGEST_A, DIGEST_A, DIGEST_B]))
-    def submit(self, pick: int, who: int, digest: bytes) -> None:
-        task_id = self._task_id(pick)
-        sender = self._who(who, task_id)
-        was_holder = task_id in self.tasks and any(
-            s is not None and s.worker == sender and not s.submitted for s in self.tasks[task_id].seats
+    def _submit(self, task_id: int, sender: str, digest: bytes) -> None:
+        task = self.tasks.get(task_id)
+        was_holder = task is not None and any(
+            s is not None and s.worker == sender and not s.submitted for s in task.seats
         )
 
         def model() -> None:
@@ -321,7 +321,46 @@ class MarketMachine(RuleBasedStateMachine):
         if self._run(sender, "submitResult", [task_id, digest, CID], 0, model):
             assert was_holder, "a submission was accepted from an account without a seat"
 
-    @rule(pick=TASK, who=WHO)
+    # -- rules -------------------------------------------------------------------
+
+    @initialize(
+        who=ANYONE,
+        price=PRICES,
+        validators=VALIDATORS,
+        lease=LEASES,
+        window=WINDOWS,
+        count=st.integers(min_value=1, max_value=3),
+    )
+    def first_tasks(self, who: int, price: int, validators: int, lease: int, window: int, count: int) -> None:
+        self._create(self.parties[who], price, validators, lease, window, count)
+
+    @rule(who=ANYONE, price=PRICES, validators=VALIDATORS, lease=LEASES, window=WINDOWS, count=BATCH)
+    def create(self, who: int, price: int, validators: int, lease: int, window: int, count: int) -> None:
+        self._create(self.parties[who], price, validators, lease, window, count)
+
+    @precondition(lambda self: self.tasks)
+    @rule(pick=TASK, who=ANYONE)
+    def claim(self, pick: int, who: int) -> None:
+        task_id = self._task_id(pick)
+        self._claim(task_id, self._who(who, task_id))
+
+    @precondition(lambda self: self.tasks)
+    @rule(pick=TASK, who=AS_WORKER, digest=DIGESTS)
+    def submit(self, pick: int, who: int, digest: bytes) -> None:
+        task_id = self._task_id(pick)
+        self._submit(task_id, self._who(who, task_id), digest)
+
+    @precondition(lambda self: self.tasks)
+    @rule(pick=TASK, who=ANYONE, digest=DIGESTS)
+    def claim_and_submit(self, pick: int, who: int, digest: bytes) -> None:
+        """A worker doing its job at once: gets random runs to settle tasks often."""
+        task_id = self._task_id(pick)
+        worker = self._who(who, task_id)
+        if self._claim(task_id, worker):
+            self._submit(task_id, worker, digest)
+
+    @precondition(lambda self: self.tasks)
+    @rule(pick=TASK, who=AS_WORKER)
     def release(self, pick: int, who: int) -> None:
         task_id = self._task_id(pick)
         sender = self._who(who, task_id)
@@ -336,7 +375,8 @@ class MarketMachine(RuleBasedStateMachine):
 
         self._run(sender, "release", [task_id], 0, model)
 
-    @rule(pick=TASK, who=WHO)
+    @precondition(lambda self: self.tasks)
+    @rule(pick=TASK, who=AS_REQUESTER)
     def cancel(self, pick: int, who: int) -> None:
         task_id = self._task_id(pick)
         sender = self._who(who, task_id)
@@ -357,7 +397,8 @@ class MarketMachine(RuleBasedStateMachine):
         if self._run(sender, "cancel", [task_id], 0, model):
             assert self.tasks[task_id].requester == sender
 
-    @rule(pick=TASK, who=WHO)
+    @precondition(lambda self: self.tasks)
+    @rule(pick=TASK, who=AS_REQUESTER)
     def reclaim(self, pick: int, who: int) -> None:
         task_id = self._task_id(pick)
         sender = self._who(who, task_id)
@@ -376,9 +417,9 @@ class MarketMachine(RuleBasedStateMachine):
         if self._run(sender, "reclaim", [task_id], 0, model):
             assert self.tasks[task_id].requester == sender
 
-    @rule(who=WHO)
+    @rule(who=st.one_of(st.just(ACTOR), ANYONE))
     def withdraw(self, who: int) -> None:
-        sender = self._who(who)
+        sender = self.parties[who]
 
         def model() -> None:
             amount = self.owed[sender]

@@ -273,45 +273,74 @@ def deploy_and_fund(rpc_url: str, grants: dict[str, int], key: str = DEV_KEY) ->
     """Deploy TaskMarket and send each address in ``grants`` its wei, signed with a dev key.
 
     Signed here rather than with ``eth_sendTransaction`` so the same path works
-    on any node that holds no unlocked accounts. All transactions are sent
-    before waiting for any receipt: anvil mines each at once, so this is one
-    round of waiting instead of one per account.
+    on any node that holds no unlocked accounts.
     """
-    from eth_account import Account
-    from web3 import HTTPProvider, Web3
-
     from ..chain.artifact import load_artifact
 
-    w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
-    sender = Account.from_key(key)
+    w3, sender = _signer(rpc_url, key)
     started = time.monotonic()
     nonce = int(w3.eth.get_transaction_count(sender.address, "pending"))
     artifact = load_artifact()
     factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-    txs: list[dict[str, Any]] = [factory.constructor().build_transaction({"from": sender.address, "nonce": nonce})]
-    base = {"from": sender.address, "chainId": int(w3.eth.chain_id), "gas": 21000}
-    fees = {"maxFeePerGas": txs[0]["maxFeePerGas"], "maxPriorityFeePerGas": txs[0]["maxPriorityFeePerGas"]}
-    for i, (address, wei) in enumerate(grants.items(), start=1):
-        txs.append({**base, **fees, "to": Web3.to_checksum_address(address), "value": int(wei), "nonce": nonce + i})
-    hashes = [w3.eth.send_raw_transaction(sender.sign_transaction(tx).raw_transaction) for tx in txs]
-    receipts = [w3.eth.wait_for_transaction_receipt(h, timeout=60, poll_latency=0.01) for h in hashes]
-    failed = [i for i, r in enumerate(receipts) if r["status"] != 1]
-    if failed:
-        raise NetworkUnreachable(f"Setting up the devnet chain failed: {len(failed)} of its transactions reverted.")
+    deploy = factory.constructor().build_transaction({"from": sender.address, "nonce": nonce})
+    receipts = _send_all(w3, sender, [deploy, *_transfers(w3, sender.address, nonce + 1, grants)])
     return Deployment(
         contract=str(receipts[0]["contractAddress"]),
         deployer=sender.address,
         chain_id=int(w3.eth.chain_id),
-        tx_count=len(txs),
+        tx_count=len(receipts),
         seconds=time.monotonic() - started,
     )
 
 
-def new_key() -> str:
-    """A fresh private key as hex, for a devnet account."""
+def fund(rpc_url: str, grants: dict[str, int], key: str = DEV_KEY) -> None:
+    """Send each address in ``grants`` its wei (workers added to a running devnet)."""
+    w3, sender = _signer(rpc_url, key)
+    nonce = int(w3.eth.get_transaction_count(sender.address, "pending"))
+    _send_all(w3, sender, _transfers(w3, sender.address, nonce, grants))
+
+
+def _signer(rpc_url: str, key: str) -> tuple[Any, Any]:
+    from eth_account import Account
+    from web3 import HTTPProvider, Web3
+
+    return Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 30})), Account.from_key(key)
+
+
+def _transfers(w3: Any, sender: str, nonce: int, grants: dict[str, int]) -> list[dict[str, Any]]:
+    fee = 2 * int(w3.eth.gas_price)  # room for the base fee to rise while our transactions land
+    chain = int(w3.eth.chain_id)
+    return [
+        {"from": sender, "to": w3.to_checksum_address(address), "value": int(wei), "nonce": nonce + i, "gas": 21000,
+         "chainId": chain, "maxFeePerGas": fee, "maxPriorityFeePerGas": 0}
+        for i, (address, wei) in enumerate(grants.items())
+    ]  # fmt: skip
+
+
+def _send_all(w3: Any, sender: Any, txs: list[dict[str, Any]]) -> list[Any]:
+    """Send every transaction before waiting for any receipt: anvil mines each at once, so one wait, not N."""
+    hashes = [w3.eth.send_raw_transaction(sender.sign_transaction(tx).raw_transaction) for tx in txs]
+    receipts = [w3.eth.wait_for_transaction_receipt(h, timeout=60, poll_latency=0.01) for h in hashes]
+    if any(r["status"] != 1 for r in receipts):
+        raise NetworkUnreachable("Setting up the devnet chain failed: one of its transactions was reverted.")
+    return receipts
+
+
+def key_in_file(path: Path) -> str:
+    """The key in ``path``, made (mode 0600, never shown) when missing; devnet accounts are disposable.
+
+    Kept across runs, so a worker keeps its address from one ``up`` to the next.
+    """
+    if path.exists():
+        return path.read_text().strip()
     from eth_account import Account
 
-    return "0x" + bytes(Account.create().key).hex()
+    key = "0x" + bytes(Account.create().key).hex()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key
 
 
 def address_of(key_hex: str) -> str:

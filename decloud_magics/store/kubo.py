@@ -6,12 +6,12 @@ Why not ``ipfshttpclient``: its ``connect()`` accepts only daemons
 five calls we need are a few lines each, and owning them lets us tell the node
 its own timeout (an online node searches forever for a CID nobody has), retry a
 crashed node but not a node's answer, and check every byte that comes back.
-Speed is not the reason: measured with
-``benchmarks/store_clients.py`` (50 MB, js-ipfs 0.66.1, 2 shared cores), adds
-ran at 42-92 MB/s through ``ipfshttpclient.Client`` and 47-96 MB/s through this
-client (1.05-1.16x); the node, which fsyncs every block, is the limit. Against a
-server that only drops the body, the client side alone ran 320-700 MB/s vs
-400-940 MB/s (1.25-1.35x).
+Speed is not the reason: measured with ``benchmarks/store_clients.py`` (50 MB,
+js-ipfs 0.66.1, 2 cores shared with other work), adds ran at 34-92 MB/s through
+``ipfshttpclient.Client`` and 26-96 MB/s through this client (0.75-1.16x from
+run to run); the node, which fsyncs every block, is the limit. Against a server
+that only drops the body, the client side alone ran 250-700 MB/s vs 385-940
+MB/s (1.25-1.56x).
 
 ``requests`` is imported on first use, so ``import decloud_magics.store`` stays
 cheap for the ``local`` network, which never talks HTTP.

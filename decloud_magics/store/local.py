@@ -35,7 +35,6 @@ class LocalStore:
             raise StoreError(
                 f"Cannot create the block folder {self.root} ({exc.strerror}): set DECLOUD_HOME to a writable folder."
             ) from None
-        self._shards: set[str] = set()
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -62,10 +61,8 @@ class LocalStore:
         except FileNotFoundError:
             pass
         shard = path.parent
-        if shard.name not in self._shards:
-            shard.mkdir(exist_ok=True)
-            self._shards.add(shard.name)
         try:
+            shard.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=shard)
             try:
                 with open(fd, "wb", buffering=0) as f:

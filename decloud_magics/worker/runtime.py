@@ -385,6 +385,6 @@ def _jsonable(value: Any) -> Any:
 def _flush() -> None:
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
-            stream.flush()
-        except Exception:
+            stream.flush()  # type: ignore[union-attr]
+        except Exception:  # the cell may have replaced or closed them: nothing left to flush
             pass

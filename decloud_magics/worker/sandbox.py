@@ -165,9 +165,9 @@ def _spawn(
     argv = [python, "-u", "-c", _BOOT, _PACKAGE_DIR, json.dumps(config)]
     if isolated:
         argv = [*_UNSHARE, *([] if limits.network else ["--net"]), *argv]
-    pipe = subprocess.PIPE
+    pipes = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     env = _environment(scratch, limits)
-    return Popen(argv, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, pass_fds=(result_fd,), start_new_session=True)  # fmt: skip
+    return Popen(argv, cwd=scratch, env=env, pass_fds=(result_fd,), start_new_session=True, **pipes)  # type: ignore[call-overload]
 
 
 def _environment(scratch: str, limits: SandboxLimits) -> dict[str, str]:
@@ -235,7 +235,7 @@ class _Stream:
             self._emit(self._pending)
             self._pending = bytearray()
 
-    def _emit(self, line: bytes) -> None:
+    def _emit(self, line: bytes | bytearray) -> None:
         try:
             self.on_line(line.decode("utf-8", "replace"))  # type: ignore[misc]
         except Exception:  # the worker's callback failing must not fail the run
@@ -369,7 +369,7 @@ def _failure(
         return None
     if run.result:
         return "The task's process returned a malformed result; the cell may have written to its result pipe."
-    return f"The task's process ended (exit status {code}) before it reported a result; the cell may have called os._exit."  # fmt: skip
+    return f"The task's process ended (exit status {code}) before it reported a result; the cell may have called os._exit."
 
 
 # -- isolation that depends on the machine -------------------------------------------

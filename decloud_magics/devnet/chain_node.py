@@ -113,7 +113,8 @@ def ensure_anvil_installed(tools_dir: Path, progress: Say | None = None) -> Path
         try:
             with open(log_path, "w") as log:
                 rc = subprocess.run(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=_INSTALL_TIMEOUT
+                    cmd, check=False, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    timeout=_INSTALL_TIMEOUT,
                 ).returncode
         except subprocess.TimeoutExpired:
             rc = -1

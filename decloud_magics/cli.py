@@ -64,6 +64,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .client import Client
+    from .units import format_amount
 
     namespace: dict[str, object] = {"pd": pd, "df": pd.DataFrame({"x": range(10)})}
     with Client(args.network) as client:
@@ -80,8 +81,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(f"back in the namespace: {name} =", value if not hasattr(value, "shape") else value.shape)
             if result.error is not None:
                 print(f"remote error: {result.error.ename}: {result.error.evalue}")
-            cost = run.total_cost_wei
-            print(f"cost: {cost} wei (price {run.price_wei}, gas {run.gas_used})\n")
+            symbol = client.config.symbol
+            print(f"cost: {format_amount(run.total_cost_wei, symbol)} (price {format_amount(run.price_wei, symbol)}"
+                  f" + {run.gas_used:,} gas)\n")  # fmt: skip
     return 0
 
 

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -516,7 +516,7 @@ class Ledger:
         self,
         network: str | None = None,
         status: Status | str | Iterable[Status | str] | None = None,
-        since: datetime | str | None = None,
+        since: datetime | timedelta | str | None = None,
         limit: int | None = None,
     ) -> pd.DataFrame:
         """One row per run, newest first; see :func:`decloud_magics.frames.history_frame`."""

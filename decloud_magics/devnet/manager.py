@@ -239,8 +239,8 @@ class Devnet:
             self._save(state)
         except BaseException:  # Ctrl-C included: a half-started devnet must not keep running
             rep.note("Start-up failed: stopping what was started.")
-            if state is not None:
-                self._stop_all(state, QuietReporter())
+            if state is not None and not self._stop_all(state, QuietReporter()):
+                self.state_file.unlink(missing_ok=True)
             anvil.stop()
             raise
         return UpResult(state, fresh=True, user_key=user_key, figures=figures)

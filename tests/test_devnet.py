@@ -1,0 +1,212 @@
+"""The devnet for real: anvil, js-ipfs and `decloud worker` processes, driven through ``Client("devnet")``.
+
+One devnet (3 workers) serves the whole module, in a private DECLOUD_HOME.
+Tools are installed once into ``.tools`` (or ``DECLOUD_TOOLS``); when npm
+cannot install them the module is skipped with a reason that names what
+failed and the command that fixes it. No assertion here is about timing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from decloud_magics.devnet import chain_node
+from decloud_magics.devnet.cli import devnet_status
+from decloud_magics.devnet.ipfs_node import ensure_ipfs_installed, install_command
+from decloud_magics.devnet.manager import Devnet, ProcessInfo, _descendants
+from decloud_magics.errors import ConfigError, NetworkUnreachable
+from decloud_magics.models import EventKind
+
+pytestmark = pytest.mark.devnet
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = Path(os.environ.get("DECLOUD_TOOLS") or ROOT / ".tools").absolute()
+PRICE = "0.01ether"  # well above the gas of a claim and a submit, so a paid worker's balance rises
+
+
+def _install_or_skip() -> None:
+    for what, install, command in (
+        ("anvil (the chain node)", chain_node.ensure_anvil_installed, chain_node.anvil_install_command(TOOLS)),
+        ("js-ipfs (the IPFS node)", ensure_ipfs_installed, install_command(TOOLS)),
+    ):
+        try:
+            install(TOOLS, lambda msg: print(msg, file=sys.stderr))
+        except ConfigError as exc:
+            pytest.skip(
+                f"DEVNET TESTS DID NOT RUN: installing {what} into {TOOLS} failed: {exc}\n"
+                f"Fix npm's access to its registry, then run: {' '.join(command)}"
+            )
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    saved = {name: os.environ.get(name) for name in ("DECLOUD_HOME", "DECLOUD_TOOLS")}
+    os.environ["DECLOUD_HOME"] = str(tmp_path_factory.mktemp("devnet-home"))
+    os.environ["DECLOUD_TOOLS"] = str(TOOLS)
+    net: Devnet | None = None
+    try:
+        _install_or_skip()
+        net = Devnet(TOOLS)
+        net.up(workers=3)
+        yield net
+    finally:
+        if net is not None:
+            net.down(grace=5)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def devnet_client(devnet: Devnet) -> Iterator[object]:
+    from decloud_magics import Client
+    from decloud_magics.keys import load_key_file
+
+    client = Client("devnet", key=load_key_file(devnet.requester_key_file()))
+    yield client
+    client.close()
+
+
+def _state(devnet: Devnet):  # type: ignore[no-untyped-def]
+    state = devnet.load_state()
+    assert state is not None
+    return state
+
+
+def _money(devnet: Devnet) -> dict[str, int]:
+    """Balance plus what the contract still owes, per worker address."""
+    status = devnet_status(devnet, scan_tasks=False)
+    assert status is not None
+    return {w.address: (w.balance_wei or 0) + (w.owed_wei or 0) for w in status.workers}
+
+
+def test_up_started_everything(devnet: Devnet) -> None:
+    status = devnet_status(devnet)
+    assert status is not None
+    assert status.chain_up and status.ipfs_up
+    assert len(status.workers) == 3 and all(w.alive for w in status.workers)
+    assert all(w.balance_wei for w in status.workers)
+    from decloud_magics.networks import get_network
+
+    saved = get_network("devnet")
+    assert (saved.rpc_url, saved.contract, saved.ipfs_api) == (status.state.rpc_url, status.state.contract,
+                                                               status.state.ipfs_api)  # fmt: skip
+    for key_file in [devnet.requester_key_file(), *(Path(w.key_file) for w in status.state.workers)]:
+        assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_twenty_cells_run_on_the_workers_and_every_worker_is_paid(devnet: Devnet, devnet_client) -> None:  # type: ignore[no-untyped-def]
+    before = _money(devnet)
+    runs = [
+        devnet_client.submit("y = x * x\nprint('square of', x)", inputs={"x": i}, timeout=30, price=PRICE)
+        for i in range(20)
+    ]
+    for i, run in enumerate(runs):
+        result = run.result(timeout=180)
+        assert result.values == {"y": i * i}
+        assert result.stdout == f"square of {i}\n"
+    after = _money(devnet)
+    served = {run.worker for run in runs}
+    assert served == set(before), f"some worker served nothing: {served} vs {set(before)}"
+    for address in before:
+        assert after[address] > before[address], f"worker {address} was not paid"
+
+
+def test_a_killed_workers_task_is_claimed_again_after_its_lease(devnet: Devnet, devnet_client) -> None:  # type: ignore[no-untyped-def]
+    state = _state(devnet)
+    run = devnet_client.submit("import time\ntime.sleep(4)\ndone = True", outputs=["done"], timeout=20, price=PRICE)
+    deadline = time.monotonic() + 60
+    while run.worker is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run.worker is not None, "no worker claimed the task"
+    victim = next(w for w in state.workers if w.address == run.worker)
+    assert victim.process is not None
+    # A machine that dies takes the worker and its sandbox with it.
+    doomed = [victim.process.pid, *_descendants(victim.process.pid)]
+    for pid in doomed:
+        os.kill(pid, signal.SIGKILL)
+    gone_by = time.monotonic() + 10
+    while victim.process.alive() and time.monotonic() < gone_by:
+        for child in devnet._children:
+            child.poll()  # reap it: it is our child, and a zombie would look alive
+        time.sleep(0.02)
+    assert not victim.process.alive()
+
+    first = next(e for e in run.events if e.kind == EventKind.ORDER_PLACED)
+    lease_expiry = int(first.data["lease_expiry"])
+    now = int(chain_node.rpc_call(state.rpc_url, "eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
+    chain_node.increase_time(state.rpc_url, lease_expiry - now + 2)  # past the lease, well before the deadline
+    result = run.result(timeout=120)
+    assert result.values == {"done": True}
+    claims = [e for e in run.events if e.kind == EventKind.ORDER_PLACED]
+    assert len(claims) == 2 and claims[-1].worker != victim.address, [e.kind for e in run.events]
+    assert claims[-1].data["lease_expiry"] > lease_expiry
+
+    repaired = devnet.up()  # brings the dead worker back, leaves the rest alone
+    assert not repaired.fresh and repaired.repaired == [f"worker-{victim.index}"]
+
+
+def test_ipfs_down_is_one_clear_sentence_and_a_restart_recovers(devnet: Devnet, devnet_client) -> None:  # type: ignore[no-untyped-def]
+    node = devnet.ipfs_node()
+    assert node is not None
+    node.stop()
+    with pytest.raises(NetworkUnreachable) as caught:
+        devnet_client.submit("z = 1", timeout=20, price=PRICE)
+    message = str(caught.value)
+    assert "IPFS node" in message and "did not answer" in message and "decloud devnet up" in message
+    assert "\n" not in message and "Traceback" not in message
+
+    repaired = devnet.up()
+    assert repaired.repaired == ["ipfs"]
+    run = devnet_client.submit("z = 41 + 1", timeout=20, price=PRICE)
+    assert run.result(timeout=120).values == {"z": 42}
+
+
+def test_up_again_changes_nothing_and_status_counts_the_tasks(devnet: Devnet) -> None:
+    before = _state(devnet)
+    again = devnet.up()
+    assert not again.fresh and again.repaired == []
+    assert [w.process for w in again.state.workers] == [w.process for w in before.workers]
+    out = subprocess.run(
+        [sys.executable, "-m", "decloud_magics.cli", "devnet", "status"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 of 3 running" in out.stdout
+    status = devnet_status(devnet)
+    assert status is not None and status.tasks is not None
+    assert status.tasks.get("completed", 0) >= 22 and status.task_count >= 22
+
+
+def test_a_failed_start_leaves_nothing_running(devnet: Devnet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DECLOUD_HOME", str(tmp_path))
+    other = Devnet(TOOLS)
+    with pytest.raises(NetworkUnreachable, match="No IPFS node answers"):
+        other.up(workers=1, ipfs_api=f"http://127.0.0.1:{chain_node.pick_port(0)}")
+    assert other._children, "the chain node was started before the IPFS check failed"
+    for child in other._children:
+        assert child.poll() is not None
+        assert not ProcessInfo(child.pid).alive()
+    assert other.load_state() is None
+
+
+def test_down_leaves_no_process(devnet: Devnet) -> None:
+    state = _state(devnet)
+    procs = [state.chain, *([state.ipfs] if state.ipfs else []), *(w.process for w in state.workers if w.process)]
+    pids = [p.pid for p in procs] + [pid for w in state.workers if w.process for pid in _descendants(w.process.pid)]
+    assert devnet.down(grace=5) == []
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert devnet.load_state() is None
+    assert devnet.down() == []  # a second down has nothing to do

@@ -49,9 +49,13 @@ def parse_budget(text: str) -> Budget | None:
     if text.strip().lower() in ("off", "none", "0/off"):
         return None
     match = _BUDGET.match(text)
+    sentence = f"'{text}' is not a budget: write e.g. 0.05/h (per hour), 1.0 (in total) or off."
     if not match:
-        raise UsageError(f"'{text}' is not a budget: write e.g. 0.05/h (per hour), 1.0 (in total) or off.")
-    limit = parse_amount(match["amount"])
+        raise UsageError(sentence)
+    try:
+        limit = parse_amount(match["amount"])
+    except UsageError:
+        raise UsageError(sentence) from None
     period = match["period"]
     seconds = None if period is None else (3600 if period.lower().startswith("h") else 86400)
     return Budget(limit, seconds)

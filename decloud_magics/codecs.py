@@ -22,20 +22,10 @@ import re
 import sys
 import types
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from .errors import SerializationError, UnsafeValueError
 
-__all__ = [
-    "MB",
-    "BytesLike",
-    "Encoded",
-    "check_size",
-    "decode_value",
-    "encode_value",
-    "encoded_size",
-    "type_name_of",
-]
 
 #: Bytes in one of the "MB" that limits and messages speak of.
 MB = 1024 * 1024
@@ -47,7 +37,7 @@ _ARROW_META_KEY = b"decloud"
 
 
 #: What ``Encoded.data`` may be: a decoded package hands out zero-copy slices of itself.
-BytesLike = Union[bytes, bytearray, memoryview]
+BytesLike = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
@@ -234,9 +224,8 @@ def _encode_json(value: Any) -> bytes:
     try:
         tree = _to_tree(value)
         try:
-            return json.dumps(tree, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
-                "utf-8"
-            )
+            text = json.dumps(tree, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            return text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates survive only as \\u escapes
             return json.dumps(tree, separators=(",", ":"), allow_nan=False).encode("ascii")
     except (RecursionError, ValueError):  # cycles, deep nesting, ints past the digit limit
@@ -279,7 +268,7 @@ def _decode_npy(data: BytesLike, type_name: str) -> Any:
     import numpy as np
 
     fmt = np.lib.format
-    stream = io.BytesIO(data)
+    stream = io.BytesIO(bytes(data[: 65536 + 64]))  # the header only: the data is read in place below
     version = fmt.read_magic(stream)
     if version == (1, 0):
         shape, fortran, dtype = fmt.read_array_header_1_0(stream, max_header_size=65536)
@@ -293,9 +282,8 @@ def _decode_npy(data: BytesLike, type_name: str) -> Any:
     offset = stream.tell()
     if len(data) - offset != count * dtype.itemsize:
         raise ValueError("the array data does not match its header")
-    flat = np.frombuffer(
-        data, dtype=dtype, count=count, offset=offset
-    ).copy()  # a writable array, like np.load
+    # One copy, into a writable array like np.load gives.
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset).copy()
     array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
     if array.ndim == 0 and type_name not in ("numpy.ndarray", "numpy.memmap"):
         return array[()]  # it left as a numpy scalar
@@ -417,21 +405,46 @@ def _decode_module(name: str, encoded: Encoded, trusted: bool) -> Any:
         )
     if module in sys.modules:
         return sys.modules[module]
-    if not trusted:
+    top = module.split(".")[0]
+    if not trusted and (top in _SIDE_EFFECT_MODULES or not _installed(top)):
         # Importing runs a module's code, and a worker could name any script on
-        # this machine (even one next to the notebook): import only by choice.
+        # this machine (one next to the notebook, say): only installed packages.
         raise UnsafeValueError(
-            f"Variable '{name}' came back as the module {module}, which this notebook has not imported; "
-            f"decloud does not import modules a worker names: run `import {module}` and rerun, "
-            "or rerun with --trust-pickle."
+            f"Variable '{name}' came back as the module {module}, which is not an installed package here; "
+            f"decloud does not import it on a worker's word: run `import {module}` yourself if you want it."
         )
     try:
         return importlib.import_module(module)
-    except Exception as exc:
+    except Exception as exc:  # the module's own code failed while importing
         raise SerializationError(
             f"Variable '{name}' is the module {module}, which cannot be imported here ({_short(exc)}); "
             "install it or leave it out."
         ) from None
+
+
+_SIDE_EFFECT_MODULES = frozenset({"antigravity", "this", "__hello__", "__phello__", "idlelib", "turtledemo"})
+
+
+def _installed(top: str) -> bool:
+    """Whether a top-level module lives in the interpreter's stdlib or site-packages (not in cwd)."""
+    import importlib.util
+    import os
+    import site
+    import sysconfig
+
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return False
+    if spec is None:
+        return False
+    if spec.origin in ("built-in", "frozen"):
+        return True
+    places = [spec.origin] if spec.origin else list(spec.submodule_search_locations or [])
+    dirs = [p for k, p in sysconfig.get_paths().items() if k.endswith(("lib", "stdlib"))]
+    dirs += [*site.getsitepackages(), site.getusersitepackages()]
+    roots = {os.path.realpath(p) + os.sep for p in dirs}
+    return bool(places) and all(any(os.path.realpath(p).startswith(r) for r in roots) for p in places)
 
 
 def _encode_bytes(value: Any) -> bytes:

@@ -30,21 +30,6 @@ from .analysis import cell_names
 from .codecs import MB, BytesLike, Encoded, check_size, decode_value, encode_value
 from .errors import IntegrityError, SerializationError, UnsafeValueError, UsageError
 
-__all__ = [
-    "DEFAULT_MAX_INPUT_BYTES",
-    "FORMAT_VERSION",
-    "RemoteErrorInfo",
-    "ResultPackage",
-    "TaskPackage",
-    "build_task_package",
-    "decode_result",
-    "decode_task",
-    "decode_values",
-    "encode_result",
-    "encode_task",
-    "is_ipython_name",
-    "result_digest",
-]
 
 FORMAT_VERSION = 1
 MAGIC = b"DCLD"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -27,9 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from decloud_magics.ledger import Ledger, RunRecord
 from decloud_magics.models import Status
 
+# The rows history_frame() shows, in its order, read the plain way.
 HISTORY_SQL = (
     "SELECT run_id, name, network, status, submitted_at, started_at, completed_at, price_wei, gas_used,"
-    " gas_cost_wei, worker, input_cid, result_cid, error, cell_hash FROM runs ORDER BY submitted_at DESC, rowid DESC"
+    " gas_cost_wei, worker, input_cid, result_cid, error, cell_hash"
+    " FROM runs ORDER BY submitted_at DESC, rowid DESC"
 )
 
 
@@ -64,20 +67,23 @@ def fake_runs(count: int, seed: int = 7) -> Iterator[RunRecord]:
         )
 
 
-def median_seconds(action: Callable[[], object], repeat: int) -> float:
-    """Median wall time of ``action()``, not counting freeing its result.
+def median_seconds(actions: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median wall time of each action, taking turns round by round.
 
-    The result is dropped only after the clock stops: freeing 100,000 rows
-    of Python objects takes tens of milliseconds that the caller pays later,
-    whenever it lets the frame go, not while waiting for it.
+    Turns, so that a burst of load from elsewhere on the machine hits every
+    action alike and the ratios stay fair. A result is dropped only after
+    the clock stops: freeing 100,000 rows of Python objects takes tens of
+    milliseconds that the caller pays whenever it lets the frame go, not
+    while waiting for it.
     """
-    times = []
+    times: dict[str, list[float]] = {label: [] for label in actions}
     for _ in range(repeat):
-        began = time.perf_counter()
-        result = action()
-        times.append(time.perf_counter() - began)
-        del result
-    return statistics.median(times)
+        for label, action in actions.items():
+            began = time.perf_counter()
+            result = action()
+            times[label].append(time.perf_counter() - began)
+            del result
+    return {label: statistics.median(spent) for label, spent in times.items()}
 
 
 def main() -> None:
@@ -90,26 +96,26 @@ def main() -> None:
         began = time.perf_counter()
         ledger.record_runs(fake_runs(args.runs))
         print(f"filled {args.runs:,} runs in {time.perf_counter() - began:.2f} s")
+        assert len(ledger.history_frame()) == args.runs  # also warms imports and the page cache
 
-        frame = ledger.history_frame()  # warm up: imports, page cache
-        assert len(frame) == args.runs
-
-        conn = ledger._conn()  # the same connection the frame reads through
-        history = median_seconds(ledger.history_frame, args.repeat)
-        same_columns = median_seconds(lambda: pd.DataFrame(conn.execute(HISTORY_SQL).fetchall()), args.repeat)
-        whole_table = median_seconds(
-            lambda: pd.DataFrame(conn.execute("SELECT * FROM runs").fetchall()), args.repeat
+        conn = sqlite3.connect(ledger.path)  # a plain connection for the baselines
+        medians = median_seconds(
+            {
+                "history_frame()": ledger.history_frame,
+                "baseline pd.DataFrame(fetchall()), same columns": lambda: pd.DataFrame(
+                    conn.execute(HISTORY_SQL).fetchall()
+                ),
+                "baseline pd.DataFrame(fetchall()), SELECT *": lambda: pd.DataFrame(
+                    conn.execute("SELECT * FROM runs").fetchall()
+                ),
+            },
+            args.repeat,
         )
+        conn.close()
 
-    print(
-        f"history_frame()                                   median of {args.repeat}: {history * 1000:7.1f} ms"
-    )
-    print(
-        f"baseline pd.DataFrame(fetchall()), same columns   median of {args.repeat}: {same_columns * 1000:7.1f} ms"
-    )
-    print(
-        f"baseline pd.DataFrame(fetchall()), SELECT *       median of {args.repeat}: {whole_table * 1000:7.1f} ms"
-    )
+    for label, seconds in medians.items():
+        print(f"{label:50} median of {args.repeat}: {seconds * 1000:7.1f} ms")
+    history, same_columns, whole_table = medians.values()
     print(f"ratio history_frame / same-columns baseline: {history / same_columns:.2f}")
     print(f"ratio history_frame / SELECT * baseline:     {history / whole_table:.2f}")
 

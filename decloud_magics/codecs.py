@@ -21,11 +21,11 @@ import math
 import re
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import SerializationError, UnsafeValueError
-
 
 #: Bytes in one of the "MB" that limits and messages speak of.
 MB = 1024 * 1024
@@ -162,17 +162,16 @@ def encoded_size(encoded: Encoded) -> int:
 def check_size(name: str, encoded: Encoded, limit_bytes: int, *, role: Role = "input") -> None:
     """Refuse a value over the limit before it is stored or sent."""
     size = encoded_size(encoded)
-    if size <= limit_bytes:
-        return
-    if role == "input":
+    if size > limit_bytes and role == "input":
         raise SerializationError(
             f"Input '{name}' is {size / MB:.1f} MB, over the {limit_bytes / MB:.1f} MB limit: "
             "leave it out with --in, raise DecloudMagics.max_input_mb or pass a smaller value."
         )
-    raise SerializationError(
-        f"Output '{name}' is {size / MB:.1f} MB, over the worker's {limit_bytes / MB:.1f} MB result limit: "
-        "return a smaller value (e.g. a summary) or save it elsewhere."
-    )
+    if size > limit_bytes:
+        raise SerializationError(
+            f"Output '{name}' is {size / MB:.1f} MB, over the worker's {limit_bytes / MB:.1f} MB result limit: "
+            "return a smaller value (e.g. a summary) or save it elsewhere."
+        )
 
 
 def _short(exc: BaseException) -> str:
@@ -448,27 +447,16 @@ def _installed(top: str) -> bool:
 
 
 def _encode_bytes(value: Any) -> bytes:
-    if type(value) is bytes:
-        return value
-    if type(value) is bytearray:
-        return bytes(value)
-    raise _NoSafeFormat
+    if type(value) not in (bytes, bytearray):
+        raise _NoSafeFormat
+    return bytes(value)  # the same object for bytes, a copy of a bytearray
 
 
 def _decode_bytes(data: BytesLike, type_name: str) -> Any:
     return bytearray(data) if type_name == "bytearray" else bytes(data)
 
 
-_ENCODERS = (
-    ("json", _encode_json),
-    ("npy", _encode_npy),
-    ("arrow", _encode_arrow),
-    ("module", _encode_module),
-    ("bytes", _encode_bytes),
-)
-_DECODERS = {
-    "json": _decode_json,
-    "npy": _decode_npy,
-    "arrow": _decode_arrow,
-    "bytes": _decode_bytes,
-}
+# In order of preference; pickle, the last resort, is handled by encode_value itself.
+_ENCODERS: tuple[tuple[str, Callable[[Any], bytes]], ...] = (("json", _encode_json), ("npy", _encode_npy))
+_ENCODERS += (("arrow", _encode_arrow), ("module", _encode_module), ("bytes", _encode_bytes))
+_DECODERS = {"json": _decode_json, "npy": _decode_npy, "arrow": _decode_arrow, "bytes": _decode_bytes}

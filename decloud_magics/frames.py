@@ -56,8 +56,8 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 _EXACT = decimal.Context(prec=80)
 
 _HISTORY_SELECT = (
-    "run_id", "name", "network", "status", "submitted_at", "started_at", "completed_at", "price_wei", "gas_used",
-    "gas_cost_wei", "worker", "input_cid", "result_cid", "error", "cell_hash",
+    "run_id", "name", "network", "status", "submitted_at", "started_at", "completed_at", "price_wei",
+    "gas_used", "gas_cost_wei", "worker", "input_cid", "result_cid", "error", "cell_hash",
 )  # fmt: skip
 _SUBMITTED = _HISTORY_SELECT.index("submitted_at")
 _HISTORY_TEXT = (

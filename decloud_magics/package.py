@@ -30,7 +30,6 @@ from .analysis import cell_names
 from .codecs import MB, BytesLike, Encoded, check_size, decode_value, encode_value
 from .errors import IntegrityError, SerializationError, UnsafeValueError, UsageError
 
-
 FORMAT_VERSION = 1
 MAGIC = b"DCLD"
 DEFAULT_MAX_INPUT_BYTES = 100 * MB

@@ -34,7 +34,11 @@ PRICE = "0.01ether"  # well above the gas of a claim and a submit, so a paid wor
 
 def _install_or_skip() -> None:
     for what, install, command in (
-        ("anvil (the chain node)", chain_node.ensure_anvil_installed, chain_node.anvil_install_command(TOOLS)),
+        (
+            "anvil (the chain node)",
+            chain_node.ensure_anvil_installed,
+            chain_node.anvil_install_command(TOOLS),
+        ),
         ("js-ipfs (the IPFS node)", ensure_ipfs_installed, install_command(TOOLS)),
     ):
         try:
@@ -124,7 +128,9 @@ def test_twenty_cells_run_on_the_workers_and_every_worker_is_paid(devnet: Devnet
 
 def test_a_killed_workers_task_is_claimed_again_after_its_lease(devnet: Devnet, devnet_client) -> None:  # type: ignore[no-untyped-def]
     state = _state(devnet)
-    run = devnet_client.submit("import time\ntime.sleep(4)\ndone = True", outputs=["done"], timeout=20, price=PRICE)
+    run = devnet_client.submit(
+        "import time\ntime.sleep(4)\ndone = True", outputs=["done"], timeout=20, price=PRICE
+    )
     deadline = time.monotonic() + 60
     while run.worker is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -145,7 +151,9 @@ def test_a_killed_workers_task_is_claimed_again_after_its_lease(devnet: Devnet, 
     first = next(e for e in run.events if e.kind == EventKind.ORDER_PLACED)
     lease_expiry = int(first.data["lease_expiry"])
     now = int(chain_node.rpc_call(state.rpc_url, "eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
-    chain_node.increase_time(state.rpc_url, lease_expiry - now + 2)  # past the lease, well before the deadline
+    chain_node.increase_time(
+        state.rpc_url, lease_expiry - now + 2
+    )  # past the lease, well before the deadline
     result = run.result(timeout=120)
     assert result.values == {"done": True}
     claims = [e for e in run.events if e.kind == EventKind.ORDER_PLACED]
@@ -153,7 +161,7 @@ def test_a_killed_workers_task_is_claimed_again_after_its_lease(devnet: Devnet, 
     assert claims[-1].data["lease_expiry"] > lease_expiry
 
     repaired = devnet.up()  # brings the dead worker back, leaves the rest alone
-    assert not repaired.fresh and repaired.repaired == [f"worker-{victim.index}"]
+    assert not repaired.fresh and repaired.changes == [f"restarted worker-{victim.index}"]
 
 
 def test_ipfs_down_is_one_clear_sentence_and_a_restart_recovers(devnet: Devnet, devnet_client) -> None:  # type: ignore[no-untyped-def]
@@ -167,7 +175,7 @@ def test_ipfs_down_is_one_clear_sentence_and_a_restart_recovers(devnet: Devnet, 
     assert "\n" not in message and "Traceback" not in message
 
     repaired = devnet.up()
-    assert repaired.repaired == ["ipfs"]
+    assert repaired.changes == ["restarted ipfs"]
     run = devnet_client.submit("z = 41 + 1", timeout=20, price=PRICE)
     assert run.result(timeout=120).values == {"z": 42}
 
@@ -175,7 +183,7 @@ def test_ipfs_down_is_one_clear_sentence_and_a_restart_recovers(devnet: Devnet, 
 def test_up_again_changes_nothing_and_status_counts_the_tasks(devnet: Devnet) -> None:
     before = _state(devnet)
     again = devnet.up()
-    assert not again.fresh and again.repaired == []
+    assert not again.fresh and again.changes == []
     assert [w.process for w in again.state.workers] == [w.process for w in before.workers]
     out = subprocess.run(
         [sys.executable, "-m", "decloud_magics.cli", "devnet", "status"],
@@ -188,7 +196,9 @@ def test_up_again_changes_nothing_and_status_counts_the_tasks(devnet: Devnet) ->
     assert status.tasks.get("completed", 0) >= 22 and status.task_count >= 22
 
 
-def test_a_failed_start_leaves_nothing_running(devnet: Devnet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_start_leaves_nothing_running(
+    devnet: Devnet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DECLOUD_HOME", str(tmp_path))
     other = Devnet(TOOLS)
     with pytest.raises(NetworkUnreachable, match="No IPFS node answers"):
@@ -200,10 +210,36 @@ def test_a_failed_start_leaves_nothing_running(devnet: Devnet, tmp_path: Path, m
     assert other.load_state() is None
 
 
+def test_a_second_devnet_on_your_own_ipfs_node_leaves_that_node_running(
+    devnet: Devnet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from decloud_magics import Client
+    from decloud_magics.devnet.manager import ipfs_answers
+    from decloud_magics.keys import load_key_file
+
+    shared_ipfs = _state(devnet).ipfs_api  # stands in for a Kubo daemon the user runs
+    monkeypatch.setenv("DECLOUD_HOME", str(tmp_path))
+    other = Devnet(TOOLS)
+    try:
+        started = other.up(workers=1, ipfs_api=shared_ipfs)
+        assert started.state.ipfs_external and started.state.rpc_url != _state(devnet).rpc_url
+        with Client("devnet", key=load_key_file(other.requester_key_file())) as client:
+            assert client.submit("w = 6 * 7", timeout=20).result(timeout=120).values == {"w": 42}
+    finally:
+        assert other.down(grace=5) == []
+    assert ipfs_answers(shared_ipfs), "down stopped an IPFS node it did not start"
+
+
 def test_down_leaves_no_process(devnet: Devnet) -> None:
     state = _state(devnet)
-    procs = [state.chain, *([state.ipfs] if state.ipfs else []), *(w.process for w in state.workers if w.process)]
-    pids = [p.pid for p in procs] + [pid for w in state.workers if w.process for pid in _descendants(w.process.pid)]
+    procs = [
+        state.chain,
+        *([state.ipfs] if state.ipfs else []),
+        *(w.process for w in state.workers if w.process),
+    ]
+    pids = [p.pid for p in procs] + [
+        pid for w in state.workers if w.process for pid in _descendants(w.process.pid)
+    ]
     assert devnet.down(grace=5) == []
     for pid in pids:
         with pytest.raises(ProcessLookupError):

@@ -112,9 +112,11 @@ def test_input_over_the_limit() -> None:
 
 
 def test_unserializable_input_fails_the_build(tmp_path: Path) -> None:
-    with open(tmp_path / "x", "w") as fh:
-        with pytest.raises(SerializationError, match="^Input 'fh' .* cannot be sent to a worker"):
-            build_task_package("fh.write('x')", {"fh": fh})
+    with (
+        open(tmp_path / "x", "w") as fh,
+        pytest.raises(SerializationError, match="^Input 'fh' .* cannot be sent"),
+    ):
+        build_task_package("fh.write('x')", {"fh": fh})
 
 
 def test_task_encoding_is_deterministic() -> None:

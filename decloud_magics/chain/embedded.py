@@ -44,7 +44,8 @@ class EmbeddedChain:
     def market(self, account: str | int = REQUESTER_INDEX) -> Market:
         """A market client acting as one of the funded accounts (index or address)."""
         address = self.accounts[account] if isinstance(account, int) else account
-        return Market(self.w3, self.address, address, lock=self.lock, on_block=self.notify_block)
+        # Every transaction here wakes the followers at once, so polling is only a safety net.
+        return Market(self.w3, self.address, address, lock=self.lock, on_block=self.notify_block, poll_interval=0.5)
 
     def add_listener(self, wake: threading.Event) -> None:
         """Set ``wake`` whenever a transaction is mined here, so followers react at once."""

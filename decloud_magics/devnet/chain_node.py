@@ -107,13 +107,17 @@ def ensure_anvil_installed(tools_dir: Path, progress: Say | None = None) -> Path
         if not manifest.exists():
             # Without a manifest here npm may adopt a package.json in a parent folder.
             manifest.write_text(json.dumps({"name": "decloud-anvil", "private": True}, indent=2) + "\n")
-        say(f"Installing anvil {ANVIL_VERSION} into {prefix} (npm, 44 MB, once)...")
+        say(f"npm install @foundry-rs/anvil@{ANVIL_VERSION} into {prefix}")
         log_path = prefix / "npm-install.log"
         cmd = anvil_install_command(tools_dir)
         try:
             with open(log_path, "w") as log:
                 rc = subprocess.run(
-                    cmd, check=False, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    cmd,
+                    check=False,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
                     timeout=_INSTALL_TIMEOUT,
                 ).returncode
         except subprocess.TimeoutExpired:
@@ -146,7 +150,9 @@ def rpc_call(url: str, method: str, params: list[Any] | None = None, timeout: fl
             "start it with `decloud devnet up`."
         ) from None
     if "error" in answer:
-        raise NetworkUnreachable(f"The chain node at {url} refused {method}: {answer['error'].get('message')}.")
+        raise NetworkUnreachable(
+            f"The chain node at {url} refused {method}: {answer['error'].get('message')}."
+        )
     return answer.get("result")
 
 
@@ -212,9 +218,13 @@ class AnvilNode:
         """Start anvil and wait until ``eth_chainId`` answers; return the seconds it took."""
         binary = anvil_binary(self.tools_dir)
         if not binary.is_file():
-            raise ConfigError(f"anvil is not installed in {anvil_prefix(self.tools_dir)}: run `decloud devnet up`.")
+            raise ConfigError(
+                f"anvil is not installed in {anvil_prefix(self.tools_dir)}: run `decloud devnet up`."
+            )
         if not port_is_free(self.port):
-            raise ConfigError(f"Port {self.port} on 127.0.0.1 is taken: stop what listens there, or pick another.")
+            raise ConfigError(
+                f"Port {self.port} on 127.0.0.1 is taken: stop what listens there, or pick another."
+            )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
@@ -234,7 +244,9 @@ class AnvilNode:
                 )
             if time.monotonic() - started > timeout:
                 self.stop()
-                raise NetworkUnreachable(f"anvil did not answer on {self.rpc_url} within {timeout:g} s: see {self.log_path}.")
+                raise NetworkUnreachable(
+                    f"anvil did not answer on {self.rpc_url} within {timeout:g} s: see {self.log_path}."
+                )
             time.sleep(0.02)
         return time.monotonic() - started
 

@@ -24,18 +24,28 @@ def add_devnet_parser(sub: Any) -> None:
     devnet = sub.add_parser("devnet", help="run a chain node, an IPFS node and workers on this machine")
     cmds = devnet.add_subparsers(dest="devnet_command", required=True)
     up = cmds.add_parser("up", help="start the devnet (or repair a running one) and return when it serves")
-    up.add_argument("--workers", "-w", type=int, default=None, help="worker processes (default 2, or as running)")
-    up.add_argument("--ipfs-api", default=None, help="use your own IPFS (Kubo RPC) node instead of starting js-ipfs")
-    up.add_argument("--no-ipfs-install", action="store_true", help="fail rather than install js-ipfs (minutes)")
+    up.add_argument(
+        "--workers", "-w", type=int, default=None, help="worker processes (default 2, or as running)"
+    )
+    up.add_argument(
+        "--ipfs-api", default=None, help="use your own IPFS (Kubo RPC) node instead of starting js-ipfs"
+    )
+    up.add_argument(
+        "--no-ipfs-install", action="store_true", help="fail rather than install js-ipfs (minutes)"
+    )
     up.add_argument("--port", type=int, default=0, help="chain RPC port (default 8545, or a free one)")
     up.add_argument("--ipfs-port", type=int, default=0, help="IPFS API port (default 5001, or a free one)")
-    up.add_argument("--tools", type=Path, default=None, help="where anvil and js-ipfs are installed (DECLOUD_TOOLS)")
+    up.add_argument(
+        "--tools", type=Path, default=None, help="where anvil and js-ipfs are installed (DECLOUD_TOOLS)"
+    )
     up.set_defaults(func=cmd_up)
     status = cmds.add_parser("status", help="nodes, workers and tasks of the running devnet")
     status.add_argument("--no-tasks", action="store_true", help="skip counting tasks on chain")
     status.set_defaults(func=cmd_status)
     down = cmds.add_parser("down", help="stop every devnet process and check that none is left")
-    down.add_argument("--grace", type=float, default=10.0, help="seconds workers get to finish before SIGKILL")
+    down.add_argument(
+        "--grace", type=float, default=10.0, help="seconds workers get to finish before SIGKILL"
+    )
     down.set_defaults(func=cmd_down)
 
 
@@ -117,7 +127,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(_summary(result.state))
         print(_key_hint(result.state, result.user_key))
         return 0
-    print(f"\nThe devnet was running; restarted: {', '.join(result.repaired)}." if result.repaired
+    print(f"\nThe devnet was running; {', '.join(result.changes)}." if result.changes
           else "\nThe devnet is already running and healthy.")  # fmt: skip
     status = devnet_status(devnet, scan_tasks=False)
     return _print_status(status) if status is not None else 1
@@ -206,7 +216,9 @@ def devnet_status(
     if state is None:
         return None
     workers = [
-        WorkerStatus(w.index, w.address, w.process.pid if w.process else None, bool(w.process and w.process.alive()))
+        WorkerStatus(
+            w.index, w.address, w.process.pid if w.process else None, bool(w.process and w.process.alive())
+        )
         for w in state.workers
     ]
     status = DevnetStatus(state, devnet.chain_healthy(state), ipfs_answers(state.ipfs_api), workers)
@@ -245,7 +257,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         if tty and total >= 100:
             bar = "#" * (20 * done // total)
-            sys.stderr.write(f"\r  reading tasks [{bar:<20}] {done}/{total}" + ("\n" if done == total else ""))
+            sys.stderr.write(
+                f"\r  reading tasks [{bar:<20}] {done}/{total}" + ("\n" if done == total else "")
+            )
             sys.stderr.flush()
 
     status = devnet_status(Devnet(), scan_tasks=not args.no_tasks, progress=progress)
@@ -273,7 +287,10 @@ def _print_status(status: DevnetStatus) -> int:
             money = f"  balance {format_amount(w.balance_wei)}, owed {format_amount(w.owed_wei)}"
         print(f"  {w.index:>2}  {'running' if w.alive else 'DEAD   '}  pid {w.pid}  {w.address}{money}")
     if status.tasks is not None:
-        counts = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in sorted(status.tasks.items())) or "none yet"
+        counts = (
+            ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in sorted(status.tasks.items()))
+            or "none yet"
+        )
         print(f"tasks     {status.task_count}: {counts}")
     elif status.chain_up:
         print(f"tasks     {status.task_count}")

@@ -118,9 +118,8 @@ class DevnetState:
 class UpResult:
     state: DevnetState
     fresh: bool  # a new chain was started; False when a running devnet was reused or repaired
-    repaired: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)  # e.g. "restarted ipfs", "started worker-3"
     user_key: str | None = None  # where the user's own (now funded) key was found, if anywhere
-    figures: dict[str, float] = field(default_factory=dict)
 
 
 class Devnet:
@@ -140,7 +139,9 @@ class Devnet:
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{self.state_file} is damaged ({exc}): stop stray processes, then delete it.") from None
+            raise ConfigError(
+                f"{self.state_file} is damaged ({exc}): stop stray processes, then delete it."
+            ) from None
 
     def _save(self, state: DevnetState) -> None:
         tmp = self.state_file.with_suffix(".tmp")
@@ -172,7 +173,10 @@ class Devnet:
         if not state.contract or chain_node.chain_id(state.rpc_url) != state.chain_id:
             return False
         with contextlib.suppress(NetworkUnreachable):
-            return chain_node.rpc_call(state.rpc_url, "eth_getCode", [state.contract, "latest"]) not in (None, "0x")
+            return chain_node.rpc_call(state.rpc_url, "eth_getCode", [state.contract, "latest"]) not in (
+                None,
+                "0x",
+            )
         return False
 
     # -- up ------------------------------------------------------------------------
@@ -192,6 +196,9 @@ class Devnet:
         with self._locked():
             state = self.load_state()
             if state is not None and self.chain_healthy(state):
+                if ipfs_api and ipfs_api.rstrip("/") != state.ipfs_api.rstrip("/"):
+                    rep.note(f"The running devnet uses the IPFS node at {state.ipfs_api}; to use {ipfs_api}, "
+                             "run `decloud devnet down` first.")  # fmt: skip
                 return self._repair(state, workers, rep)
             if state is not None:
                 rep.note("The last devnet's chain is gone (anvil keeps it in memory): starting afresh.")
@@ -201,29 +208,33 @@ class Devnet:
     def _start(
         self, n: int, ipfs_api: str | None, install_ipfs: bool, chain_port: int, ipfs_port: int, rep: Reporter
     ) -> UpResult:
-        figures: dict[str, float] = {}
-        with rep.step("Installing the chain node (anvil)"):
-            chain_node.ensure_anvil_installed(self.tools_dir, rep.note)
-        if ipfs_api is None and not ipfs_installed(self.tools_dir):
-            if not install_ipfs:
-                raise ConfigError(
-                    f"js-ipfs is not installed in {self.tools_dir} and --no-ipfs-install was given: install it with "
-                    f"`{install_hint(self.tools_dir)}`, or pass --ipfs-api with the URL of an IPFS node you run."
-                )
+        need_ipfs = ipfs_api is None and not ipfs_installed(self.tools_dir)
+        if need_ipfs and not install_ipfs:
+            raise ConfigError(
+                f"js-ipfs is not installed in {self.tools_dir} and --no-ipfs-install was given: install it with "
+                f"`{install_hint(self.tools_dir)}`, or pass --ipfs-api with the URL of an IPFS node you run."
+            )
+        if not chain_node.anvil_installed(self.tools_dir):
+            with rep.step("Installing the chain node (anvil, 44 MB, once)"):
+                chain_node.ensure_anvil_installed(self.tools_dir, rep.note)
+        if need_ipfs:
             with rep.step("Installing the IPFS node (js-ipfs: about 1000 npm packages, once)"):
                 ensure_ipfs_installed(self.tools_dir, rep.note)
         anvil = chain_node.AnvilNode(self.tools_dir, self.logs / "chain.log", chain_port)
         state: DevnetState | None = None
         try:
             with rep.step(f"Starting the chain node (anvil) on port {anvil.port}"):
-                figures["anvil_start_s"] = anvil.start()
+                anvil.start()
                 assert anvil.proc is not None
                 self._children.append(anvil.proc)
             state = DevnetState(anvil.rpc_url, ProcessInfo.of(anvil.proc.pid), ipfs_api or "", ipfs_api is not None,
                                 tools_dir=str(self.tools_dir))  # fmt: skip
             self._save(state)  # from here on, `down` can clean up whatever the rest leaves
             if ipfs_api is None:
-                state.ipfs_ports = (ipfs_port or chain_node.pick_port(DEFAULT_IPFS_PORT), chain_node.pick_port(0))
+                state.ipfs_ports = (
+                    ipfs_port or chain_node.pick_port(DEFAULT_IPFS_PORT),
+                    chain_node.pick_port(0),
+                )
                 node = self.ipfs_node(state)
                 assert node is not None
                 state.ipfs_api = node.api_url
@@ -231,9 +242,11 @@ class Devnet:
                     node.start(timeout=120)
                 state.ipfs = ProcessInfo.of(node.pid) if node.pid else None
             elif not ipfs_answers(ipfs_api):
-                raise NetworkUnreachable(f"No IPFS node answers at {ipfs_api}: start yours, or leave out --ipfs-api.")
+                raise NetworkUnreachable(
+                    f"No IPFS node answers at {ipfs_api}: start yours, or leave out --ipfs-api."
+                )
             self._save(state)
-            user_key = self._setup_chain(state, n, rep, figures)
+            user_key = self._setup_chain(state, n, rep)
             self._start_workers(state, list(range(1, n + 1)), rep)
             state.started_at = time.time()
             self._save(state)
@@ -243,9 +256,9 @@ class Devnet:
                 self.state_file.unlink(missing_ok=True)
             anvil.stop()
             raise
-        return UpResult(state, fresh=True, user_key=user_key, figures=figures)
+        return UpResult(state, fresh=True, user_key=user_key)
 
-    def _setup_chain(self, state: DevnetState, n: int, rep: Reporter, figures: dict[str, float]) -> str | None:
+    def _setup_chain(self, state: DevnetState, n: int, rep: Reporter) -> str | None:
         """Deploy TaskMarket; fund the requester, the user's own key and the workers; save the network."""
         from ..keys import load_private_key
         from ..networks import NetworkConfig, save_network
@@ -264,7 +277,6 @@ class Devnet:
         with rep.step(f"Deploying TaskMarket and funding {len(grants)} accounts"):
             deployment = chain_node.deploy_and_fund(state.rpc_url, grants)
         state.contract, state.chain_id = deployment.contract, deployment.chain_id
-        figures["tx_latency_s"] = deployment.tx_latency_s
         save_network(
             NetworkConfig(
                 name=NETWORK, rpc_url=state.rpc_url, contract=state.contract, ipfs_api=state.ipfs_api,
@@ -309,25 +321,30 @@ class Devnet:
                     elif w.process is None or not w.process.alive():
                         raise ConfigError(f"Worker {i} exited while starting: see {w.log}.\n{text[-1500:]}")
                 if waiting and time.monotonic() > deadline:
-                    raise ConfigError(f"Workers {sorted(waiting)} did not start in {_WORKER_READY_TIMEOUT:g} s: see {self.logs}.")
+                    raise ConfigError(
+                        f"Workers {sorted(waiting)} did not start in {_WORKER_READY_TIMEOUT:g} s: see {self.logs}."
+                    )
                 time.sleep(0.1)
 
     def _repair(self, state: DevnetState, workers: int | None, rep: Reporter) -> UpResult:
         """The chain is alive: restart a dead IPFS node or dead workers, and match the worker count."""
-        repaired: list[str] = []
+        changes: list[str] = []
         if not ipfs_answers(state.ipfs_api):
             node = self.ipfs_node(state)
             if node is None:
-                raise NetworkUnreachable(f"Your IPFS node at {state.ipfs_api} (from --ipfs-api) does not answer: start it.")
+                raise NetworkUnreachable(
+                    f"Your IPFS node at {state.ipfs_api} (from --ipfs-api) does not answer: start it."
+                )
             with rep.step(f"Restarting the IPFS node on port {node.api_port}"):
                 node.start(timeout=120)
             state.ipfs = ProcessInfo.of(node.pid) if node.pid else None
-            repaired.append("ipfs")
+            changes.append("restarted ipfs")
         wanted = workers if workers is not None else len(state.workers)
         extra = [w.process for w in state.workers if w.index > wanted and w.process is not None]
         if extra:
             with rep.step(f"Stopping {len(extra)} worker{'s' * (len(extra) > 1)} beyond --workers {wanted}"):
                 self._stop_groups(extra, grace=10.0)
+            changes += [f"stopped worker-{w.index}" for w in state.workers if w.index > wanted]
         state.workers = [w for w in state.workers if w.index <= wanted]
         known = {w.index for w in state.workers}
         new = [self._worker_state(i) for i in range(1, wanted + 1) if i not in known]
@@ -335,11 +352,11 @@ class Devnet:
             with rep.step(f"Funding {len(new)} new worker account{'s' * (len(new) > 1)}"):
                 chain_node.fund(state.rpc_url, {w.address: WORKER_GRANT for w in new})
             state.workers = sorted(state.workers + new, key=lambda w: w.index)
-        dead = [w.index for w in state.workers if w.process is None or not w.process.alive()]
-        self._start_workers(state, dead, rep)
-        repaired += [f"worker-{i}" for i in dead]
+        dead = [w for w in state.workers if w.process is None or not w.process.alive()]
+        changes += [f"{'re' if w.process else ''}started worker-{w.index}" for w in dead]
+        self._start_workers(state, [w.index for w in dead], rep)
         self._save(state)
-        return UpResult(state, fresh=False, repaired=repaired)
+        return UpResult(state, fresh=False, changes=changes)
 
     # -- down ----------------------------------------------------------------------
 
@@ -412,7 +429,12 @@ def ipfs_answers(api: str) -> bool:
 def _worker_env() -> dict[str, str]:
     """The worker's environment: our package first on the path, the home pinned, no user keys."""
     env = dict(os.environ)
-    for name in ("DECLOUD_PRIVATE_KEY", "DECLOUD_WORKER_KEY", "DECLOUD_KEYSTORE", "DECLOUD_KEYSTORE_PASSWORD"):
+    for name in (
+        "DECLOUD_PRIVATE_KEY",
+        "DECLOUD_WORKER_KEY",
+        "DECLOUD_KEYSTORE",
+        "DECLOUD_KEYSTORE_PASSWORD",
+    ):
         env.pop(name, None)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)

@@ -48,26 +48,27 @@ def main(config_json: str) -> None:
     result_fd = int(config["result_fd"])
     os.set_inheritable(result_fd, False)  # the cell's own subprocesses must not hold the result pipe
     res = ResultPackage()
-    status = 0
     try:
         with open(config["task"], "rb") as fh:
             task = decode_task(fh.read())
         os.unlink(config["task"])
         status = _run(task, res, config)
-    except BaseException as exc:  # an unreadable task or a broken input: report it, don't crash
+    except BaseException as exc:  # an unreadable task, a broken input, a limit hit while packing
         if os.getpid() != main_pid:
             os._exit(0)
-        res.failure = f"The worker could not start the cell: {exc}"
+        stage = "package the cell's results" if res.timings else "start the cell"
+        res.failure = _limit_failure(exc, config) or f"The worker could not {stage}: {exc}"
         status = 2
     res.timings["runtime"] = time.perf_counter() - started
     _flush()
     try:
         data = encode_result(res)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(result_fd, view) :]
-    except BaseException:
+    except BaseException as exc:  # e.g. out of memory: still say why, without the values
+        data = encode_result(ResultPackage(failure=f"The worker could not package the cell's results: {exc}"))
         status = 3
+    view = memoryview(data)
+    while view:
+        view = view[os.write(result_fd, view) :]
     _flush()
     os._exit(status)  # without waiting for threads the cell left running
 
@@ -133,13 +134,11 @@ def _run(task: Any, res: ResultPackage, config: dict[str, Any]) -> int:
         status = 1
     if os.getpid() != _MAIN_PID:  # a process the cell forked ran off the end of the cell
         os._exit(0)
-    t2 = time.perf_counter()
+    t2 = res.timings["execute"] = time.perf_counter()  # marks the cell as run, for the failure sentence
     displays.add_open_figures()
     res.displays = displays.bundles
     _collect_outputs(task, namespace, res, int(config.get("max_output_bytes") or 1 << 62))
-    res.timings.update(
-        {"decode_inputs": t1 - t0, "execute": t2 - t1, "encode_outputs": time.perf_counter() - t2}
-    )
+    res.timings.update(decode_inputs=t1 - t0, execute=t2 - t1, encode_outputs=time.perf_counter() - t2)
     return status
 
 
@@ -258,7 +257,10 @@ def _error_info(exc: BaseException, code: str) -> RemoteErrorInfo:
         out.append(f"{type(item).__name__}: {item}" if str(item) else type(item).__name__)
         if note:
             out.append(note)
-    return RemoteErrorInfo(type(exc).__name__, str(exc), out)
+    # Memory addresses differ on every run; honest workers must report the same bytes.
+    return RemoteErrorInfo(
+        type(exc).__name__, _ADDRESS.sub(" at 0x…", str(exc)), [_ADDRESS.sub(" at 0x…", t) for t in out]
+    )
 
 
 def _frame_text(frame: traceback.FrameSummary, cell_lines: list[str]) -> str:

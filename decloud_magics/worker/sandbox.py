@@ -115,7 +115,7 @@ def run_in_sandbox(
             raise
         finally:
             os.close(write_fd)
-        run = _Run(proc, read_fd, limits, on_stdout)
+        run = _Run(proc, read_fd, limits, on_stdout, cgroup)
         run.supervise(timeout)
         run.wall = time.monotonic() - started
         if isolated and run.returncode == 1 and run.stderr.head.endswith(_UNSHARE_SIGKILL):
@@ -250,10 +250,15 @@ class _Run:
     """One sandbox process, read in the calling thread until it and its children are gone."""
 
     def __init__(
-        self, proc: Popen[bytes], result_fd: int, limits: SandboxLimits, on_line: LineSink | None
+        self,
+        proc: Popen[bytes],
+        result_fd: int,
+        limits: SandboxLimits,
+        on_line: LineSink | None,
+        cgroup: str | None,
     ) -> None:
         assert proc.stdout is not None and proc.stderr is not None
-        self.proc, self.result_fd = proc, result_fd
+        self.proc, self.result_fd, self.cgroup = proc, result_fd, cgroup
         self.stdout = _Stream(limits.stdout_cap_bytes, on_line)
         self.stderr = _Stream(limits.stderr_cap_bytes)
         self.streams = {proc.stdout.fileno(): self.stdout, proc.stderr.fileno(): self.stderr}
@@ -286,9 +291,13 @@ class _Run:
             os.close(self.result_fd)
             self.stdout.close()
             self._kill()
-        _pid, status, usage = os.wait4(self.proc.pid, 0)
-        self.proc.returncode = self.returncode = os.waitstatus_to_exitcode(status)
-        self.cpu_seconds = usage.ru_utime + usage.ru_stime  # unshare waited for the cell, so this includes it
+        try:
+            _pid, status, usage = os.wait4(self.proc.pid, 0)
+        except ChildProcessError:  # someone else in the worker reaped it: the status is lost
+            self.proc.returncode = self.returncode = -signal.SIGKILL
+        else:
+            self.proc.returncode = self.returncode = os.waitstatus_to_exitcode(status)
+            self.cpu_seconds = usage.ru_utime + usage.ru_stime  # unshare waited for the cell: included
         for pipe in (self.proc.stdout, self.proc.stderr):
             pipe.close()  # type: ignore[union-attr]
 
@@ -311,6 +320,8 @@ class _Run:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        if self.cgroup is not None:  # reaches children that left the group when there is no PID namespace
+            _kill_cgroup(self.cgroup)
         return time.monotonic()
 
 
@@ -454,15 +465,10 @@ def _pids_limit_hit(cgroup: str) -> bool:
 
 
 def _remove_cgroup(cgroup: str) -> None:
-    """Kill what is still inside (a setsid'd child when there is no PID namespace), then remove it."""
+    """Kill what is still inside, then remove it."""
     for _ in range(100):  # processes killed a moment ago may still be exiting
         try:
-            with open(os.path.join(cgroup, "cgroup.procs")) as fh:
-                for pid in fh.read().split():
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except OSError:
-                        pass
+            _kill_cgroup(cgroup)
             os.rmdir(cgroup)
             return
         except OSError as exc:
@@ -470,6 +476,20 @@ def _remove_cgroup(cgroup: str) -> None:
                 return
             time.sleep(0.02)
     log.warning("could not remove the sandbox cgroup %s", cgroup)
+
+
+def _kill_cgroup(cgroup: str) -> None:
+    """SIGKILL every process in the cgroup: a setsid'd child when there is no PID namespace."""
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs")) as fh:
+            pids = [int(pid) for pid in fh.read().split()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _force_remove(func: Callable[..., object], path: str, _exc: object) -> None:

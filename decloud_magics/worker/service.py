@@ -84,7 +84,7 @@ class Worker:
         policy: WorkerPolicy | None = None,
         name: str | None = None,
         wake: threading.Event | None = None,
-        poll_interval: float = 0.05,
+        poll_interval: float | None = None,
         backlog_blocks: int = 256,
     ) -> None:
         self.market = market
@@ -93,7 +93,8 @@ class Worker:
         self.policy = policy or WorkerPolicy()
         self.name = name or market.account[:10]
         self.wake = wake or threading.Event()
-        self.poll_interval = poll_interval
+        self.poll_interval = market.poll_interval if poll_interval is None else poll_interval
+        self._chain_clock = (0.0, 0)  # (when read, chain time): read at most once a second
         self.backlog_blocks = backlog_blocks
         self.completed = 0
         self.failed = 0
@@ -174,8 +175,7 @@ class Worker:
         """Try the oldest acceptable tasks while a slot is free."""
         if not self._offers:
             return
-        # Deadlines and leases are judged by the chain's clock, which may run ahead of ours.
-        now = max(int(time.time()), self.market.chain_time())
+        now = self._now()
         for task_id in sorted(self._offers):
             if self._stop.is_set():
                 return
@@ -194,6 +194,16 @@ class Worker:
                 return
             self._held.add(task_id)
             self._pool.submit(self._handle, offer)
+
+    def _now(self) -> int:
+        """Deadlines and leases are judged by the chain's clock, which may run ahead of ours."""
+        read_at, chain_now = self._chain_clock
+        if time.monotonic() - read_at > 1.0:
+            chain_now = self.market.chain_time()
+            self._chain_clock = (time.monotonic(), chain_now)
+        else:
+            chain_now += int(time.monotonic() - read_at)
+        return max(int(time.time()), chain_now)
 
     # -- one task (template method) -------------------------------------------
 

@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .worker.cli import add_worker_parser
 
     add_worker_parser(sub)
-    from .devnet.cli import add_devnet_parser; add_devnet_parser(sub)
+    from .devnet.cli import add_devnet_parser
+
+    add_devnet_parser(sub)
     return parser
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from .channel import LiveChannel, LocalChannel, NullChannel
 from .chain.market import Market
 from .errors import ConfigError
-from .keys import PrivateKey, load_private_key
+from .keys import PrivateKey, load_key_file, load_private_key
 from .networks import NetworkConfig
 from .paths import decloud_home
 from .store.base import Store
@@ -88,7 +88,13 @@ def connect(config: NetworkConfig, key: PrivateKey | None = None) -> Connection:
             wake=wake,
             embedded=local.chain,
         )
-    return connect_rpc(config, key or load_private_key(), wake)
+    key = key or load_private_key()
+    if key is None and config.name == "devnet":
+        # `decloud devnet up` funds a key of its own for the notebook when the user has none
+        devnet_key = decloud_home() / "devnet" / "requester.key"
+        if devnet_key.is_file():
+            key = load_key_file(devnet_key)
+    return connect_rpc(config, key, wake)
 
 
 def connect_rpc(config: NetworkConfig, key: PrivateKey | None, wake: threading.Event | None = None) -> Connection:

@@ -1,4 +1,5 @@
-"""Real parts on this machine for the ``devnet`` network: an IPFS node (and, later, a chain node).
+"""Real parts on this machine for the ``devnet`` network: a chain node (anvil), an IPFS node
+(js-ipfs or the user's Kubo) and worker processes.
 
 Names are loaded on first use, so ``python -m decloud_magics.devnet.ipfs_node``
 does not import its own module twice.

@@ -149,7 +149,12 @@ def _key_hint(state: DevnetState, user_key: str | None) -> str:
     path = state.requester_key_file
     lines = ["", "The notebook's account:"]
     if user_key:
-        lines.append(f"  your key from {user_key} was funded with 1000 ETH; decloud uses it as it is.")
+        from ..units import format_amount
+        from .manager import REQUESTER_GRANT
+
+        lines.append(
+            f"  your key from {user_key} was funded with {format_amount(REQUESTER_GRANT)}; decloud uses it."
+        )
     else:
         lines += [
             f"  a funded devnet account ({state.requester}) has its key in {path}.",

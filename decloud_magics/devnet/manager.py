@@ -156,6 +156,7 @@ class Devnet:
             yield
 
     def requester_key_file(self) -> Path:
+        """The devnet-funded notebook key (made by ``up``); the user points DECLOUD_PRIVATE_KEY at it."""
         return self.dir / "requester.key"
 
     def ipfs_node(self, state: DevnetState | None = None) -> IpfsNode | None:
@@ -407,19 +408,26 @@ class Devnet:
             for p in live:
                 _signal_group(p.pid, sig)
             end = time.monotonic() + wait
-            while True:
-                for child in self._children:
-                    child.poll()  # reap our own children, or they stay zombies
-                live = [p for p in live if p.alive()]
-                if not live or time.monotonic() >= end:
-                    break
+            while live and time.monotonic() < end:
                 time.sleep(0.05)
+                live = [p for p in live if p.alive()]
+        self._reap()
+
+    def _reap(self) -> None:
+        """Collect our children that ended: until then they are zombies, which ``kill(pid, 0)`` still finds."""
+        for child in list(self._children):
+            if child.poll() is None and not _alive(child.pid):
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=1)  # a zombie: the wait returns at once
+            if child.returncode is not None:
+                self._children.remove(child)
 
 
 # -- helpers ---------------------------------------------------------------------------
 
 
 def ipfs_answers(api: str) -> bool:
+    """Whether an IPFS node answers at ``api`` now: one try, no retries, so a dead node costs little."""
     from ..store.kubo import KuboStore
 
     with KuboStore(api, timeout=3, retries=0) as store:

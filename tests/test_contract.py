@@ -44,6 +44,7 @@ class St(enum.IntEnum):
     NOT_PROCESSED = 4
     CANCELLED = 5
     DISPUTED = 6
+    FAILED = 7
 
 
 @dataclass(frozen=True)

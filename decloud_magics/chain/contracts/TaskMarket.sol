@@ -18,7 +18,8 @@ contract TaskMarket {
         Completed,
         NotProcessed,
         Cancelled,
-        Disputed
+        Disputed,
+        Failed
     }
 
     uint8 public constant MAX_VALIDATORS = 16;
@@ -84,6 +85,11 @@ contract TaskMarket {
     event TaskCompleted(uint256 indexed taskId, bytes32 resultDigest, uint256 paidPerWorker);
     /// @dev Workers in seat order, then the submitter that disagreed (last entry).
     event TaskDisputed(uint256 indexed taskId, address[] workers, bytes32[] digests);
+    /// @dev A seat holder could not produce a result (its sandbox killed the
+    /// task at a limit the requester set): the requester gets the price back.
+    event TaskFailed(
+        uint256 indexed taskId, address indexed worker, bytes32 resultDigest, bytes resultCid, uint256 refund
+    );
     event TaskCancelled(uint256 indexed taskId, uint256 refund);
     event TaskNotProcessed(uint256 indexed taskId, uint256 refund);
     event Withdrawal(address indexed to, uint256 amount);
@@ -271,6 +277,24 @@ contract TaskMarket {
             if (i != seat) _pay(workers[i], share);
         }
         _pay(msg.sender, c.price - share * (k - 1));
+    }
+
+    /// @notice A seat holder reports that the task cannot complete (it ran past
+    /// its timeout or another limit the requester set). The task ends Failed
+    /// and the whole escrow returns to the requester: a worker gains nothing by
+    /// reporting failure, so an honest one only does it when it must.
+    function reportFailure(uint256 taskId, bytes32 resultDigest, bytes calldata resultCid) external nonReentrant {
+        Task storage t = _tasks[taskId];
+        Core memory c = t.core;
+        _requireLive(c.status);
+        if (block.timestamp > c.deadline) revert DeadlinePassed();
+        _seatOf(t, c.validators);
+        _clearSeats(t, c.seatsTaken, false);
+        delete t.agreedDigest;
+        c.status = Status.Failed;
+        t.core = c;
+        emit TaskFailed(taskId, msg.sender, resultDigest, resultCid, c.price);
+        _pay(_tasks[taskId - c.headOffset].requester, c.price);
     }
 
     // ------------------------------------------------------------------ requester

@@ -1,127 +1,196 @@
 """Round trip of a trivial cell, with its baselines measured in the same run.
 
-    python benchmarks/roundtrip.py [--network local|devnet] [--runs 30]
+    python benchmarks/roundtrip.py [--network local|devnet] [--runs 30] [--devnet-workers 2]
 
-Prints the median wall time of ``%%decloud run`` (submit -> value in the
-namespace) through a real InteractiveShell, the median of a bare
-``subprocess.run([python, "-c", "pass"])`` (the floor: any sandbox starts a
-process), dask's ``submit().result()`` and ipyparallel's ``apply_sync`` when
-installed (``pip install -e .[bench]``), the ratios, the gas of one task's
-whole lifecycle, and the import time of the package.
+Times ``%%decloud run`` (cell submitted -> value back in the namespace)
+through a real InteractiveShell, and in the same rounds, taking turns: a bare
+``subprocess.run([python, "-c", "pass"])`` (the floor: every sandbox starts a
+process), dask's ``submit().result()`` on a 2-process LocalCluster and
+ipyparallel's ``apply_sync`` on 2 engines (both from the ``bench`` extra:
+``pip install -e .[bench]``; skipped with a message when absent). Prints the
+medians, decloud's ratio to each, where decloud's time goes (median per
+stage), and the gas of one task's lifecycle.
+
+``--network devnet`` uses the devnet already running in DECLOUD_HOME when
+there is one; otherwise it brings one up (anvil, js-ipfs, ``--devnet-workers``
+workers, tools from ``.tools``) in a temporary DECLOUD_HOME and tears it down
+at the end. ``local`` always runs in a temporary DECLOUD_HOME unless one is set.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
-os.environ.setdefault("DECLOUD_HOME", tempfile.mkdtemp(prefix="decloud-bench-"))
+import _common
+from _common import in_turns, machine, median_ms, quantile_ms, verdict
 
-
-def median_ms(fn: Callable[[], object], runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
+#: Targets from the performance issue: decloud's round trip over dask's.
+TARGET_VS_DASK = {"local": 10.0, "devnet": 3.0}
 
 
-def decloud_magic(network: str, runs: int) -> tuple[float, dict[str, int]]:
-    from IPython.core.interactiveshell import InteractiveShell
-    from IPython.utils.capture import capture_output
+class DecloudCells:
+    """``%%decloud run`` of a trivial cell in a real InteractiveShell, one call per cell."""
 
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "decloud_magics")
-    shell.run_line_magic("decloud", f"network use {network}")
-    counter = iter(range(10**9))
+    def __init__(self, network: str) -> None:
+        from IPython.core.interactiveshell import InteractiveShell
+        from IPython.utils.capture import capture_output
 
-    def one() -> None:
-        i = next(counter)
+        self.network = network
+        self.shell = InteractiveShell.instance()
+        self._capture = capture_output
         with capture_output():
-            result = shell.run_cell(f"%%decloud run\nvalue = {i} + 1")
+            self.shell.run_line_magic("load_ext", "decloud_magics")
+            self.shell.run_line_magic("decloud", f"network use {network}")
+        self.magics = next(m for m in self.shell.configurables if type(m).__name__ == "DecloudMagics")
+        self._counter = iter(range(10**9))
+        self.spans: list[tuple[float, float, Any]] = []  # (wall start, wall end, run) of each cell
+
+    def one(self) -> None:
+        i = next(self._counter)
+        began = time.time()
+        with self._capture():
+            result = self.shell.run_cell(f"%%decloud run\nvalue = {i} + 1")
+        ended = time.time()
         result.raise_error()
-        assert shell.user_ns["value"] == i + 1
+        assert self.shell.user_ns["value"] == i + 1, self.shell.user_ns.get("value")
+        self.spans.append((began, ended, list(self.magics._runs.values())[-1]))
 
-    ms = median_ms(one, runs)
-    magics = next(m for m in shell.configurables if type(m).__name__ == "DecloudMagics")
-    run = list(magics._runs.values())[-1]
-    return ms, lifecycle_gas(magics.client(network), run)
+    def stages(self, last: int) -> dict[str, float]:
+        """Median ms of each stage over the ``last`` cells, from the run's own event times."""
+        parts: dict[str, list[float]] = {
+            "cell start -> task created (package, store, create tx)": [],
+            "created -> claimed (worker sees it, claim tx)": [],
+            "claimed -> completed (fetch, sandbox, store, submit tx)": [],
+            "completed -> cell returns (fetch result, bind values)": [],
+        }
+        for began, ended, run in self.spans[-last:]:
+            at = {e.kind.value: e.at.timestamp() for e in run.events}
+            if not {"created", "order_placed", "completed"} <= at.keys():
+                continue
+            for label, seconds in zip(
+                parts,
+                (
+                    at["created"] - began,
+                    at["order_placed"] - at["created"],
+                    at["completed"] - at["order_placed"],
+                    ended - at["completed"],
+                ),
+            ):
+                parts[label].append(seconds * 1000)
+        return {label: statistics.median(v) for label, v in parts.items() if v}
+
+    def sandbox_wall_ms(self, last: int) -> float | None:
+        walls = [
+            run._result.timings.get("wall")  # noqa: SLF001 - the run's own record of its sandbox
+            for _, _, run in self.spans[-last:]
+            if getattr(run, "_result", None) is not None and run._result.timings.get("wall") is not None
+        ]
+        return statistics.median(walls) * 1000 if walls else None
+
+    def close(self) -> None:
+        """Stop the clients' watchers (before a devnet started here goes down under them)."""
+        for client in list(self.magics._clients.values()):
+            client.close()
+
+    def lifecycle_gas(self) -> dict[str, int]:
+        """Gas of create + claim + submit, read from the receipts of the last run's transactions."""
+        run = self.spans[-1][2]
+        market = self.magics.client(self.network).conn.market
+        gas: dict[str, int] = {}
+        for event in run.events:
+            if event.tx_hash and event.kind.value in ("created", "order_placed", "completed"):
+                with market.lock:
+                    gas[event.kind.value] = int(market.w3.eth.get_transaction_receipt(event.tx_hash)["gasUsed"])
+        gas["lifecycle"] = sum(gas.values())
+        return gas
 
 
-def lifecycle_gas(client: object, run: object) -> dict[str, int]:
-    """Gas of create + claim + submit, read from the receipts of the run's transactions."""
-    w3 = client.conn.market.w3  # type: ignore[attr-defined]
-    gas: dict[str, int] = {}
-    for event in run.events:  # type: ignore[attr-defined]
-        if event.tx_hash and event.kind.value in ("created", "order_placed", "completed"):
-            with client.conn.market.lock:  # type: ignore[attr-defined]
-                gas[event.kind.value] = int(w3.eth.get_transaction_receipt(event.tx_hash)["gasUsed"])
-    gas["lifecycle"] = sum(gas.values())
-    return gas
-
-
-def bare_subprocess(runs: int) -> float:
-    return median_ms(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), runs)
-
-
-def dask_submit(runs: int) -> float | None:
-    try:
-        from dask.distributed import Client, LocalCluster
-    except ImportError:
-        return None
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with Client(cluster) as client:
-            return median_ms(lambda: client.submit(lambda x: x + 1, time.perf_counter()).result(), runs, warmup=5)
-
-
-def ipyparallel_apply(runs: int) -> float | None:
+@contextlib.contextmanager
+def ipyparallel_view(engines: int = 2) -> Any:
     try:
         import ipyparallel as ipp
     except ImportError:
-        return None
-    with ipp.Cluster(n=2, log_level=40) as rc:
-        view = rc[:1]
-        return median_ms(lambda: view.apply_sync(lambda: 1), runs, warmup=5)
+        yield None
+        return
+    with ipp.Cluster(n=engines, log_level=40) as rc:
+        yield rc[:1]
 
 
-def import_time(runs: int = 10) -> tuple[float, float]:
-    bare = median_ms(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), runs)
-    ours = median_ms(lambda: subprocess.run([sys.executable, "-c", "import decloud_magics"], check=True), runs)
-    return ours, bare
+def trivial(x: float) -> float:
+    return x + 1
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--network", default="local")
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--network", default="local", choices=["local", "devnet"])
+    parser.add_argument("--runs", type=int, default=30, help="rounds measured (each system once per round)")
+    parser.add_argument("--warmup", type=int, default=3, help="rounds run first and not counted")
+    parser.add_argument("--devnet-workers", type=int, default=2, help="workers of a devnet started here")
     args = parser.parse_args()
 
-    ours, gas = decloud_magic(args.network, args.runs)
-    floor = bare_subprocess(args.runs)
-    print(f"decloud %%decloud run on {args.network}: median {ours:8.1f} ms over {args.runs} runs")
-    print(f"bare subprocess.run(python -c pass):      median {floor:8.1f} ms   ratio {ours / floor:6.1f}x")
-    dask_ms = dask_submit(args.runs)
-    if dask_ms is None:
-        print("dask.distributed not installed (pip install -e .[bench]): skipped")
-    else:
-        print(f"dask submit().result(), 2-process cluster: median {dask_ms:8.1f} ms   ratio {ours / dask_ms:6.1f}x")
-    ipp_ms = ipyparallel_apply(args.runs)
-    if ipp_ms is None:
-        print("ipyparallel not installed (pip install -e .[bench]): skipped")
-    else:
-        print(f"ipyparallel apply_sync:                    median {ipp_ms:8.1f} ms   ratio {ours / ipp_ms:6.1f}x")
-    print("gas of one task's lifecycle: " + ", ".join(f"{k} {v:,}" for k, v in gas.items()))
-    imp, bare = import_time()
-    print(f"python -c 'import decloud_magics': {imp:.1f} ms vs python -c pass {bare:.1f} ms (ratio {imp / bare:.2f}x)")
+    if args.network == "local":
+        os.environ.setdefault("DECLOUD_HOME", tempfile.mkdtemp(prefix="decloud-bench-"))
+    print(f"machine: {machine()}")
+
+    with contextlib.ExitStack() as stack:
+        if args.network == "devnet":
+            stack.enter_context(_common.devnet(args.devnet_workers))
+        began = time.perf_counter()
+        cells = DecloudCells(args.network)
+        stack.callback(cells.close)
+        cells.one()  # the first cell connects (and on local starts the embedded chain and workers)
+        print(f"first %%decloud run on {args.network} (connects): {time.perf_counter() - began:.2f} s")
+
+        actions: dict[str, Callable[[], object]] = {
+            f"decloud %%decloud run ({args.network})": cells.one,
+            "bare subprocess.run(python -c pass)": lambda: subprocess.run([sys.executable, "-c", "pass"], check=True),
+        }
+        dask = stack.enter_context(_common.dask_client(2))
+        if dask is None:
+            print("dask.distributed not installed (pip install -e .[bench]): its baseline is skipped")
+        else:
+            actions["dask submit().result(), 2 processes"] = lambda: dask.submit(trivial, time.perf_counter()).result()
+        view = stack.enter_context(ipyparallel_view(2))
+        if view is None:
+            print("ipyparallel not installed (pip install -e .[bench]): its baseline is skipped")
+        else:
+            actions["ipyparallel apply_sync, 2 engines"] = lambda: view.apply_sync(trivial, 1.0)
+
+        samples = in_turns(actions, args.runs, warmup=args.warmup)
+        stages = cells.stages(args.runs)
+        sandbox_ms = cells.sandbox_wall_ms(args.runs)
+        gas = cells.lifecycle_gas()
+
+    medians = {label: median_ms(s) for label, s in samples.items()}
+    ours_label = next(iter(medians))
+    ours = medians[ours_label]
+    print(f"\nround trip of a trivial cell; median of {args.runs} rounds, systems taking turns "
+          f"(after {args.warmup} warm-up rounds)")  # fmt: skip
+    print(f"  {'system':<42}{'median ms':>10}{'p90 ms':>9}{'decloud / it':>14}")
+    for label, ms in medians.items():
+        p90 = quantile_ms(samples[label], 0.9)
+        print(f"  {label:<42}{ms:>10.1f}{p90:>9.1f}{ours / ms:>13.1f}x")
+    dask_label = "dask submit().result(), 2 processes"
+    if dask_label in medians:
+        ratio = ours / medians[dask_label]
+        target = TARGET_VS_DASK[args.network]
+        print(f"target: {args.network} round trip <= {target:g}x dask -> {ratio:.1f}x, {verdict(ratio <= target)}")
+    print("where decloud's time goes (median per stage, from the run's events):")
+    for label, ms in stages.items():
+        print(f"  {label:<58}{ms:8.1f} ms")
+    if sandbox_ms is not None:
+        print(f"  (of which the sandbox process, start to exit, as the worker timed it: {sandbox_ms:.1f} ms)")
+    print("gas of the last task's lifecycle: " + ", ".join(f"{k} {v:,}" for k, v in gas.items()))
+    sys.stdout.flush()
     os._exit(0)  # the embedded workers are daemon threads; skip their orderly shutdown
 
 

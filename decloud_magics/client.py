@@ -128,6 +128,7 @@ class Client:
         ``outputs`` names what to bring back; by default every name the cell assigns.
         Errors before the task is opened (syntax, unserializable input) cost nothing.
         """
+        from .analysis import cell_names
         from .package import build_task_package
 
         if timeout <= 0:
@@ -155,9 +156,10 @@ class Client:
             elif inputs and names is not None:
                 names += [n for n in inputs if n not in names]
             limits = {} if max_input_bytes is None else {"max_input_bytes": max_input_bytes}
-            _, package = build_task_package(
+            task, package = build_task_package(
                 code, scope, inputs=names, outputs=outputs, trust_pickle=trust_pickle, name=name, **limits
             )
+            run.wanted = tuple(task.outputs) if task.outputs is not None else cell_names(code).assigns
             run.input_cid = self.conn.store.put(package)
             market = self.conn.market
             deadline = market.chain_time() + timeout + (queue_window_s or self.queue_window_s)
@@ -178,7 +180,7 @@ class Client:
         run.gas_used += outcome.gas_used
         run.gas_cost_wei += outcome.gas_cost_wei
         self.ledger.update_run(
-            run_id, task_id=task_id, input_cid=run.input_cid, contract=market.address,
+            run_id, task_id=task_id, input_cid=run.input_cid, contract=market.address, outputs=list(run.wanted),
             deadline=datetime.fromtimestamp(deadline, timezone.utc),
         )
         run._emit(
@@ -437,12 +439,16 @@ class Client:
 
     def load_result(self, run: Run, cid: str | None, digest: bytes) -> Result:
         """Read a result from the store and verify it; never trusts a cache."""
-        return self.fetch_result(run.id, cid, digest, trust_pickle=run.trust_pickle)
+        return self.fetch_result(run.id, cid, digest, trust_pickle=run.trust_pickle, wanted=run.wanted)
 
-    def fetch_result(self, run_id: str, cid: str | None, digest: bytes, *, trust_pickle: bool = False) -> Result:
-        """Fetch by CID (the store checks the bytes against it), then check the chain's digest."""
-        from .codecs import decode_value
-        from .package import decode_result, result_digest
+    def fetch_result(self, run_id: str, cid: str | None, digest: bytes, *, trust_pickle: bool = False,
+                     wanted: Sequence[str] | None = None) -> Result:  # fmt: skip
+        """Fetch by CID (the store checks the bytes against it), then check the chain's digest.
+
+        Only ``wanted`` names are bound: a worker must not be able to overwrite
+        notebook names the cell never asked for (``print``, ``display``...).
+        """
+        from .package import decode_result, decode_values, result_digest
 
         if not cid:
             raise IntegrityError(f"Run {run_id} has no result CID on chain.")
@@ -452,14 +458,10 @@ class Client:
                 f"the bytes stored under {cid} do not match the digest the chain recorded; "
                 "the worker's result was altered and is not used"
             )
-        package = decode_result(data)
-        values: dict[str, Any] = {}
+        # The digest covers every blob, so the package need not hash them again.
+        package = decode_result(data, verify=False)
         value_errors = dict(package.value_errors)
-        for name, encoded in package.values.items():
-            try:
-                values[name] = decode_value(name, encoded, allow_pickle=trust_pickle)
-            except UnsafeValueError as exc:
-                value_errors[name] = str(exc)
+        values = decode_values(package, trust_pickle=trust_pickle, errors=value_errors, only=wanted)
         error = None
         if package.error is not None:
             error = RemoteError(package.error.ename, package.error.evalue, list(package.error.traceback))

@@ -154,14 +154,18 @@ class DecloudMagics(Magics):
         close_orphaned_local_runs(ledger)
         attached: list[Run] = []
         for name in sorted({r.network for r in ledger.runs_in_flight() if r.network and r.network != "local"}):
-            runs = self.client(name).reattach()
-            for run in runs:
-                self._runs[run.id] = run
-                self._panels[run.id] = RunPanel(run, mode="text", stream=sys.stderr)
-                run.on("*", lambda event, run=run: self._schedule_landing(run) if event.is_final else None)
+            client = self.client(name)
+            runs = client.reattach()
             if runs:
                 print(f"decloud: re-attached to {len(runs)} run(s) on {name}: {', '.join(r.id for r in runs)}",
                       file=sys.stderr)  # fmt: skip
+            for run in runs:
+                self._runs[run.id] = run
+                # Shown under this cell like a fresh run's panel: a frontend drops stream output that
+                # arrives after its cell ended, so the run's outputs must land in the panel's own area.
+                panel = RunPanel(run, symbol=client.config.symbol, mode=frontend_mode(self.shell)).show()
+                self._panels[run.id] = panel
+                run.on("*", lambda event, run=run: self._schedule_landing(run) if event.is_final else None)
             attached += runs
         return attached
 

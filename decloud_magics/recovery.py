@@ -29,6 +29,8 @@ def reattach(client: Client) -> list[Run]:
     market = client.conn.market
     attached = []
     for record in client.ledger.runs_in_flight(client.network):
+        if _followed_elsewhere(record):
+            continue  # its kernel is still running and will land it; landing it here too would bind it twice
         if record.task_id is None:
             _close(client, record, "the kernel stopped before the task reached the chain; nothing was paid")
             continue
@@ -61,6 +63,12 @@ def close_orphaned_local_runs(ledger: Ledger) -> list[str]:
     return closed
 
 
+def _followed_elsewhere(record: RunRecord) -> bool:
+    """The process that submitted the run is another one, still running."""
+    pid = record.options.get("pid")
+    return isinstance(pid, int) and pid != os.getpid() and _alive(pid)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -68,7 +76,12 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed kernel its parent has not reaped yet still answers kill(pid, 0), but it is gone.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): trust kill()
 
 
 def _rebuild(client: Client, record: RunRecord) -> Run:
@@ -89,6 +102,8 @@ def _rebuild(client: Client, record: RunRecord) -> Run:
     run.deadline = int(record.deadline.timestamp()) if record.deadline else None
     run.events = client.ledger.events(record.run_id)
     run.status = record.status
+    # Elapsed times count from the submission, not from this re-attach.
+    run.submitted_monotonic -= max(0.0, (utcnow() - record.submitted_at).total_seconds())
     return run
 
 

@@ -77,6 +77,7 @@ class Run:
         self.price_wei = price_wei
         self.trust_pickle = trust_pickle
         self.outputs = outputs
+        self.wanted: tuple[str, ...] = outputs  # the names that may come back: asked for, or assigned by the cell
         self.task_id: int | None = None
         self.input_cid: str | None = None
         self.result_cid: str | None = None

@@ -46,17 +46,20 @@ TX_GAS = 3_000_000
 TERMINAL_EVENTS = ("TaskCompleted", "TaskCancelled", "TaskNotProcessed", "TaskDisputed")
 
 PARTIES = 6  # five keys and the contract
-REQUESTER, HOLDER = 6, 7  # "whoever created / holds a seat of the task"
+# Stand-ins resolved per task: its requester, a holder of an unsubmitted seat,
+# a party with no seat on it.
+REQUESTER, HOLDER, NEWCOMER = 6, 7, 8
 ACTOR = PARTIES - 1  # the party that is a contract
 ANYONE = st.integers(min_value=0, max_value=PARTIES - 1)
 # Mostly the party the call is meant for, sometimes anyone else.
 AS_WORKER = st.one_of(st.just(HOLDER), ANYONE)
+AS_CLAIMER = st.one_of(st.just(NEWCOMER), ANYONE)
 AS_REQUESTER = st.one_of(st.just(REQUESTER), ANYONE)
 TASK = st.integers(min_value=0, max_value=15)
 PRICES = st.sampled_from([1, 3, 10**15 + 1, 10**18])
-VALIDATORS = st.integers(min_value=1, max_value=3)
+VALIDATORS = st.sampled_from([1, 2, 3])
 LEASES = st.sampled_from([20, 200])
-WINDOWS = st.sampled_from([5, 60, 600])
+WINDOWS = st.sampled_from([30, 300, 3000])
 BATCH = st.integers(min_value=1, max_value=3)
 DIGESTS = st.sampled_from([DIGEST_A, DIGEST_A, DIGEST_A, DIGEST_B])  # agreement is the common case
 
@@ -164,6 +167,11 @@ class MarketMachine(RuleBasedStateMachine):
             holders = [s.worker for s in task.seats if s is not None and not s.submitted]
             if holders:
                 return holders[0]
+        if who == NEWCOMER and task is not None:
+            seated = {s.worker for s in task.seats if s is not None}
+            newcomers = [p for p in self.parties if p not in seated]
+            if newcomers:
+                return newcomers[len(self.tasks) % len(newcomers)]
         return self.parties[who % PARTIES]
 
     def _tick(self, seconds: int = 1) -> None:
@@ -330,9 +338,14 @@ class MarketMachine(RuleBasedStateMachine):
         validators=VALIDATORS,
         lease=LEASES,
         window=WINDOWS,
-        count=st.integers(min_value=1, max_value=3),
+        count=BATCH,
+        rejecting=st.booleans(),
     )
-    def first_tasks(self, who: int, price: int, validators: int, lease: int, window: int, count: int) -> None:
+    def first_tasks(
+        self, who: int, price: int, validators: int, lease: int, window: int, count: int, rejecting: bool
+    ) -> None:
+        if rejecting:
+            self.set_rejecting(True)
         self._create(self.parties[who], price, validators, lease, window, count)
 
     @rule(who=ANYONE, price=PRICES, validators=VALIDATORS, lease=LEASES, window=WINDOWS, count=BATCH)
@@ -340,7 +353,7 @@ class MarketMachine(RuleBasedStateMachine):
         self._create(self.parties[who], price, validators, lease, window, count)
 
     @precondition(lambda self: self.tasks)
-    @rule(pick=TASK, who=ANYONE)
+    @rule(pick=TASK, who=AS_CLAIMER)
     def claim(self, pick: int, who: int) -> None:
         task_id = self._task_id(pick)
         self._claim(task_id, self._who(who, task_id))
@@ -352,13 +365,30 @@ class MarketMachine(RuleBasedStateMachine):
         self._submit(task_id, self._who(who, task_id), digest)
 
     @precondition(lambda self: self.tasks)
-    @rule(pick=TASK, who=ANYONE, digest=DIGESTS)
+    @rule(pick=TASK, who=AS_CLAIMER, digest=DIGESTS)
     def claim_and_submit(self, pick: int, who: int, digest: bytes) -> None:
         """A worker doing its job at once: gets random runs to settle tasks often."""
         task_id = self._task_id(pick)
         worker = self._who(who, task_id)
         if self._claim(task_id, worker):
             self._submit(task_id, worker, digest)
+
+    @precondition(lambda self: self.tasks)
+    @rule(pick=TASK, digests=st.lists(DIGESTS, min_size=3, max_size=3))
+    def crowd(self, pick: int, digests: list[bytes]) -> None:
+        """Newcomers fill every free seat, then each holder submits: settles multi-seat tasks."""
+        task_id = self._task_id(pick)
+        task = self.tasks.get(task_id)
+        if task is None:
+            self._claim(task_id, self.parties[0])
+            return
+        for _ in range(task.seats.count(None)):
+            if not self._claim(task_id, self._who(NEWCOMER, task_id)):
+                break
+        for digest in digests[: task.validators]:
+            if task.status not in LIVE:
+                break
+            self._submit(task_id, self._who(HOLDER, task_id), digest)
 
     @precondition(lambda self: self.tasks)
     @rule(pick=TASK, who=AS_WORKER)

@@ -7,7 +7,12 @@ No test asserts a duration; every run has a timeout so none can hang.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -402,3 +407,40 @@ def test_input_that_cannot_be_restored_is_a_failure() -> None:
     assert res.failure is not None
     assert res.failure.startswith("The worker could not start the cell: Variable 'thing'")
     assert "No module named 'module_only_the_notebook_has'" in res.failure
+
+
+def test_a_dying_worker_takes_its_sandbox_along() -> None:
+    marker = f"decloud-test-{uuid.uuid4().hex}"
+    # Split, so that only the cell's child carries the whole marker (the worker's command line has the cell).
+    spin = f"[sys.executable, '-c', 'while True: pass', {marker[:8]!r} + {marker[8:]!r}]"
+    cell = f"import subprocess, sys\nsubprocess.run({spin})\n"
+    worker = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from decloud_magics.package import build_task_package
+        from decloud_magics.worker.sandbox import run_in_sandbox
+        run_in_sandbox(build_task_package({cell!r}, {{}})[1], timeout=120)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", worker])
+    try:
+        deadline = time.monotonic() + 60
+        while not processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert processes_with(marker), "the cell never started"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_with(marker) == []
+    # Its scratch dir outlived it; the next worker to start sweeps it away.
+    from decloud_magics.worker import sandbox
+
+    leftovers = list(Path(tempfile.gettempdir()).glob(f"decloud-task-{proc.pid}-*"))
+    assert leftovers
+    sandbox._cgroup_state.pop("swept", None)
+    assert_worker_still_fine()
+    assert not any(p.exists() for p in leftovers)

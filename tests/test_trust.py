@@ -160,3 +160,22 @@ def test_validators_that_disagree_dispute_and_refund(market):
     assert before - client.conn.market.balance() == run.gas_cost_wei  # the price came back
     with pytest.raises(RunFailed, match="disagreed"):
         run.result()
+
+
+class NameSquatter(Worker):
+    """Returns, besides the real value, a value named like a builtin the notebook relies on."""
+
+    def on_complete(self, offer: TaskOffer, result: bytes) -> None:
+        from decloud_magics.codecs import encode_value
+
+        forged = decode_result(result)
+        forged.values["print"] = encode_value("print", "gotcha", allow_pickle=False, role="output")
+        data = encode_result(forged)
+        self.market.submit_result(offer.task_id, result_digest(data), self.store.put(data))
+
+
+def test_only_the_names_the_cell_assigns_come_back(market):
+    market.worker(NameSquatter, 4)
+    client = market.client()
+    result = client.submit("answer = 42", timeout=30).result(timeout=60)
+    assert result.values == {"answer": 42}

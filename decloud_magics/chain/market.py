@@ -7,6 +7,7 @@ the local workers; for a JSON-RPC node the lock also keeps nonces in order.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import enum
 import threading
@@ -36,6 +37,13 @@ class ChainStatus(enum.IntEnum):
     DISPUTED = 6
     FAILED = 7
 
+
+#: Gas limits for the calls sent without an estimate (see ``Market._transact``):
+#: measured use plus headroom; unused gas is not charged.
+CREATE_GAS = 150_000
+BATCH_GAS_PER_TASK = 45_000
+SUBMIT_GAS = 90_000
+PAYOUT_GAS = 60_000
 
 #: One sentence per custom error of the contract, for people rather than ABIs.
 ERROR_SENTENCES = {
@@ -165,6 +173,7 @@ class Market:
                 input_cid.encode(), timeout, lease, deadline, validators, resources.cpus, resources.memory_mb
             ),
             value=price_wei,
+            gas=CREATE_GAS + 16 * len(input_cid),
         )
         return int(outcome.first("TaskCreated").args["taskId"]), outcome
 
@@ -191,6 +200,7 @@ class Market:
                 resources.memory_mb,
             ),
             value=price_wei_each * len(input_cids),
+            gas=CREATE_GAS + sum(BATCH_GAS_PER_TASK + 16 * len(c) for c in input_cids),
         )
         ids = [int(e.args["taskId"]) for e in outcome.events if e.name == "TaskCreated"]
         return ids, outcome
@@ -198,12 +208,14 @@ class Market:
     def claim(self, task_id: int) -> TxOutcome:
         return self._transact(self.contract.functions.claim(task_id))
 
-    def submit_result(self, task_id: int, digest: bytes, result_cid: str) -> TxOutcome:
-        return self._transact(self.contract.functions.submitResult(task_id, digest, result_cid.encode()))
+    def submit_result(self, task_id: int, digest: bytes, result_cid: str, validators: int = 1) -> TxOutcome:
+        fn = self.contract.functions.submitResult(task_id, digest, result_cid.encode())
+        return self._transact(fn, gas=SUBMIT_GAS + PAYOUT_GAS * validators + 16 * len(result_cid))
 
-    def report_failure(self, task_id: int, digest: bytes, result_cid: str) -> TxOutcome:
+    def report_failure(self, task_id: int, digest: bytes, result_cid: str, validators: int = 1) -> TxOutcome:
         """A worker says the task could not run (killed by its limits): the requester is refunded."""
-        return self._transact(self.contract.functions.reportFailure(task_id, digest, result_cid.encode()))
+        fn = self.contract.functions.reportFailure(task_id, digest, result_cid.encode())
+        return self._transact(fn, gas=SUBMIT_GAS + PAYOUT_GAS * validators + 16 * len(result_cid))
 
     def release(self, task_id: int) -> TxOutcome:
         return self._transact(self.contract.functions.release(task_id))
@@ -307,19 +319,29 @@ class Market:
                     ) from None
                 raise
 
-    def _transact(self, fn: Any, value: int = 0) -> TxOutcome:
+    def _transact(self, fn: Any, value: int = 0, gas: int | None = None) -> TxOutcome:
+        """Send, wait for the receipt, decode its events.
+
+        With ``gas`` the node's gas estimate is skipped: estimating runs the
+        whole transaction once more, which doubles the latency of the calls that
+        rarely revert (create, submit). A revert then shows in the receipt and
+        is explained by replaying the call.
+        """
         with self._guard():
             try:
                 if self._key is None:
-                    tx_hash = fn.transact({"from": self.account, "value": value})
+                    options = {"from": self.account, "value": value}
+                    if gas is not None:
+                        options["gas"] = gas
+                    tx_hash = fn.transact(options)
                 else:
-                    tx_hash = self._send_signed(fn, value)
+                    tx_hash = self._send_signed(fn, value, gas)
                 receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.01)
             except Exception as exc:
                 self._nonce = None  # a refused transaction may leave our count wrong: re-read it
                 raise self._explain(exc, fn, value) from None
             if receipt["status"] != 1:
-                raise ChainError(f"The transaction {_hex(tx_hash)} was reverted by the contract.")
+                raise self._explain_revert(fn, value, receipt, tx_hash)
             outcome = TxOutcome(
                 tx_hash=_hex(tx_hash),
                 block=int(receipt["blockNumber"]),
@@ -331,10 +353,23 @@ class Market:
             self._on_block()
         return outcome
 
-    def _send_signed(self, fn: Any, value: int) -> Any:
+    def _explain_revert(self, fn: Any, value: int, receipt: Any, tx_hash: Any) -> Exception:
+        """Replay a reverted call on the state it met, to name the contract's reason."""
+        try:
+            fn.call({"from": self.account, "value": value}, block_identifier=int(receipt["blockNumber"]) - 1)
+        except Exception as exc:
+            explained = self._explain(exc, fn, value)
+            if not str(explained).endswith("no reason given"):
+                return explained
+        return ChainError(f"The transaction {_hex(tx_hash)} was reverted by the contract.")
+
+    def _send_signed(self, fn: Any, value: int, gas: int | None = None) -> Any:
         if self._nonce is None:
             self._nonce = int(self.w3.eth.get_transaction_count(self.account, "pending"))
-        tx = fn.build_transaction({"from": self.account, "value": value, "nonce": self._nonce})
+        options = {"from": self.account, "value": value, "nonce": self._nonce}
+        if gas is not None:
+            options["gas"] = gas
+        tx = fn.build_transaction(options)
         signed = self.w3.eth.account.sign_transaction(tx, self._key.reveal())  # type: ignore[union-attr]
         tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         self._nonce += 1
@@ -344,13 +379,13 @@ class Market:
         """Turn a web3 error into a DecloudError with one sentence (and no key material)."""
         name = type(exc).__name__
         text = str(exc)
-        data = getattr(exc, "data", None)
-        if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
-            error = self._errors.get(data[2:10].lower())
-            if error:
-                sentence = ERROR_SENTENCES.get(error, error)
-                return ChainError(f"The market refused {fn.fn_name}: {sentence}.")
-        if "insufficient funds" in text.lower() or "sender doesn't have enough funds" in text.lower():
+        selector = _revert_selector(exc)
+        if selector is not None and selector in self._errors:
+            error = self._errors[selector]
+            sentence = ERROR_SENTENCES.get(error, error)
+            return ChainError(f"The market refused {fn.fn_name}: {sentence}.")
+        lowered = text.lower()
+        if any(p in lowered for p in ("insufficient funds", "enough funds", "enough balance")):
             return InsufficientFunds(
                 f"The account {self.account} cannot pay {value} wei plus gas: fund it or lower the price."
             )
@@ -413,6 +448,29 @@ def _abi_type(item: dict[str, Any]) -> str:
     if kind.startswith("tuple"):
         return "(" + ",".join(_abi_type(c) for c in item["components"]) + ")" + kind[len("tuple") :]
     return kind
+
+
+def _revert_selector(exc: BaseException) -> str | None:
+    """The 4-byte custom-error selector of a revert, wherever the provider put it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        data = getattr(seen, "data", None)
+        if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
+            return data[2:10].lower()
+        for arg in getattr(seen, "args", ()):
+            if isinstance(arg, (bytes, bytearray)) and len(arg) >= 4:
+                return bytes(arg[:4]).hex()
+            if isinstance(arg, str) and "execution reverted: b" in arg:
+                # eth-tester writes the revert data as a bytes literal in its message
+                literal = arg.split("execution reverted: ", 1)[1].strip()
+                try:
+                    value = ast.literal_eval(literal)
+                except (ValueError, SyntaxError):
+                    value = None
+                if isinstance(value, bytes) and len(value) >= 4:
+                    return value[:4].hex()
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _hex(value: Any) -> str:

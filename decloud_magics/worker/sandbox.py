@@ -62,6 +62,8 @@ _BOOT = (
     "sys.modules['decloud_magics']=p;from decloud_magics.worker.runtime import main;main(sys.argv[2])"
 )
 _UNSHARE = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child", "--mount-proc"]
+# If the worker itself dies, the kernel kills the sandbox too (and unshare's --kill-child the rest).
+_SETPRIV = ["setpriv", "--pdeathsig", "KILL", "--"]
 _UNSHARE_SIGKILL = b"unshare: sigprocmask unblock failed: Invalid argument\n"
 
 
@@ -100,7 +102,8 @@ def run_in_sandbox(
     """
     limits = limits or SandboxLimits()
     started = time.monotonic()
-    scratch = tempfile.mkdtemp(prefix="decloud-task-")
+    _sweep_leftovers()
+    scratch = tempfile.mkdtemp(prefix=f"decloud-task-{os.getpid()}-")
     cgroup = _make_pids_cgroup(limits.max_processes) if limits.max_processes else None
     isolated = _unshare_works(python, limits.network)
     try:
@@ -165,6 +168,8 @@ def _spawn(
     argv = [python, "-u", "-c", _BOOT, _PACKAGE_DIR, json.dumps(config)]
     if isolated:
         argv = [*_UNSHARE, *([] if limits.network else ["--net"]), *argv]
+    if _command_works((*_SETPRIV, python, "-c", "pass")):
+        argv = [*_SETPRIV, *argv]
     pipes = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     env = _environment(scratch, limits)
     return Popen(argv, cwd=scratch, env=env, pass_fds=(result_fd,), start_new_session=True, **pipes)  # type: ignore[call-overload]
@@ -387,26 +392,66 @@ def _failure(
 
 _probe_lock = threading.Lock()
 _unshare_cache: dict[tuple[str, bool], bool] = {}
+_command_cache: dict[tuple[str, ...], bool] = {}
 _cgroup_state: dict[str, object] = {}
 
 
 def _unshare_works(python: str, network: bool) -> bool:
     """Whether namespaces work here (kernels and containers may forbid them); asked once per setup."""
     key = (python, network)
+    if key not in _unshare_cache:
+        _unshare_cache[key] = _command_works(
+            (*_UNSHARE, *([] if network else ["--net"]), python, "-c", "pass")
+        )
+        if not _unshare_cache[key]:
+            log.warning("network isolation unavailable: `unshare` fails here, so sandboxes share the network")
+    return _unshare_cache[key]
+
+
+def _command_works(argv: tuple[str, ...]) -> bool:
+    """Whether a wrapper command runs here; probed once per process."""
     with _probe_lock:
-        if key not in _unshare_cache:
-            argv = [*_UNSHARE, *([] if network else ["--net"]), python, "-c", "pass"]
+        if argv not in _command_cache:
             quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
             try:
                 done = subprocess.run(argv, **quiet, timeout=20, cwd="/", check=False)  # type: ignore[call-overload]
-                _unshare_cache[key] = shutil.which("unshare") is not None and done.returncode == 0
+                _command_cache[argv] = shutil.which(argv[0]) is not None and done.returncode == 0
             except (OSError, subprocess.SubprocessError):
-                _unshare_cache[key] = False
-            if not _unshare_cache[key]:
-                log.warning(
-                    "network isolation unavailable: `unshare` fails here, so sandboxes share the network"
-                )
-        return _unshare_cache[key]
+                _command_cache[argv] = False
+        return _command_cache[argv]
+
+
+def _sweep_leftovers() -> None:
+    """Remove scratch dirs and cgroups of workers that died mid-run (their finally never ran)."""
+    with _probe_lock:
+        if _cgroup_state.get("swept"):
+            return
+        _cgroup_state["swept"] = True
+        if "base" not in _cgroup_state:
+            _cgroup_state["base"] = _pids_cgroup_base()
+    base = _cgroup_state["base"]
+    places = [(tempfile.gettempdir(), "decloud-task-")] + (
+        [(base, "decloud-")] if isinstance(base, str) else []
+    )
+    for folder, prefix in places:
+        for name in os.listdir(folder):
+            owner = name[len(prefix) :].split("-")[0] if name.startswith(prefix) else ""
+            if owner.isdigit() and not _alive(int(owner)):
+                path = os.path.join(folder, name)
+                if folder == base:
+                    _remove_cgroup(path)
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _make_pids_cgroup(max_processes: int) -> str | None:

@@ -249,7 +249,8 @@ class Worker:
         from .sandbox import SandboxLimits, run_in_sandbox
 
         package = self.store.get(offer.input_cid)
-        limits = SandboxLimits(memory_mb=max(256, min(offer.memory_mb, self.policy.max_memory_mb)))
+        # an address-space limit: importing pandas alone reserves ~350 MB of it
+        limits = SandboxLimits(memory_mb=max(1024, min(offer.memory_mb, self.policy.max_memory_mb)))
 
         def forward(line: str) -> None:
             self.channel.publish(offer.task_id, "stdout", {"line": line, "worker": self.market.account})
@@ -265,11 +266,11 @@ class Worker:
         digest = result_digest(result)
         try:
             if parsed.failure:
-                self.market.report_failure(offer.task_id, digest, cid)
+                self.market.report_failure(offer.task_id, digest, cid, offer.validators)
                 self.failed += 1
                 log.info("worker %s: task %d failed in the sandbox: %s", self.name, offer.task_id, parsed.failure)
             else:
-                self.market.submit_result(offer.task_id, digest, cid)
+                self.market.submit_result(offer.task_id, digest, cid, offer.validators)
                 self.completed += 1
                 log.info("worker %s completed task %d -> %s", self.name, offer.task_id, cid)
         except DecloudError as exc:

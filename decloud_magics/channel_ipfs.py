@@ -1,0 +1,519 @@
+"""The live channel of a real network, over IPFS pubsub.
+
+Why IPFS pubsub: a worker and a notebook on a real network already talk to an
+IPFS node (the store), so the node's pubsub is a transport both sides reach
+with no server of ours to run, pay for or trust. There is one topic per market
+contract, ``decloud/<chain id>/<contract>/live`` (see ``market_topic``), and
+every message is one small JSON object::
+
+    {"v": 1, "task": 7, "kind": "stdout", "data": {"line": "epoch 3", "worker": "0x..."}}
+
+It is best effort and only for display. The chain stays the source of truth:
+stages that matter (claimed, settled, refunded) come from contract events, and
+results come from the store, checked against the digest the chain recorded.
+Anyone who reaches the topic can publish anything, so a received message is
+untrusted input: it is size-capped, checked for shape, reduced to a flat dict of
+plain values, and never used for anything but what a panel shows. A message
+that does not fit is dropped without a word; a lost or forged one changes what
+a panel shows, never what a run returns.
+
+How the Kubo RPC API carries pubsub (Kubo >= 0.11 and js-ipfs 0.66 alike, checked
+against a running js-ipfs 0.66.1): the topic travels as a multibase string,
+``u`` + unpadded base64url of its UTF-8 bytes, in ``arg`` (js-ipfs refuses
+anything else); ``pubsub/pub`` takes the data as a multipart file part that
+must carry a Content-Type (js-ipfs answers 500 without one); ``pubsub/sub``
+streams newline-delimited JSON, ``{}`` first, then one object per message
+whose ``data`` is again ``u`` + base64url. js-ipfs has pubsub on by default
+(``Pubsub.Enabled``, gossipsub, delivering a node's own messages to its own
+subscribers), even with ``--offline``; Kubo needs ``--enable-pubsub-experiment``
+or ``Pubsub.Enabled: true``, and ``pubsub_available`` tells the two apart.
+
+A worker must never wait on the channel: ``publish`` only puts bytes in a
+bounded queue that one background thread sends, dropping when it is full or
+while the node is down (stale progress is worth nothing later), and a node
+that fails is logged once per outage. ``subscribe`` runs one reader thread
+that reconnects with backoff and stops when the last listener unsubscribes.
+``requests`` is imported on first use, like the store's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import math
+import queue
+import socket
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Callable
+
+from .channel import Listener
+from .store.kubo import _http_url
+
+if TYPE_CHECKING:
+    import requests
+
+log = logging.getLogger("decloud.channel")
+
+VERSION = 1
+#: Largest message sent or accepted, as JSON bytes: a panel line, not a payload.
+MAX_MESSAGE_BYTES = 16 * 1024
+_MAX_KIND = 32
+_MAX_KEYS = 16
+
+
+def market_topic(chain_id: int, contract: str) -> str:
+    """The topic of one market: every worker and client of a contract meets there."""
+    return f"decloud/{int(chain_id)}/{contract.lower()}/live"
+
+
+def multibase_encode(raw: bytes) -> str:
+    """``u`` + unpadded base64url: how the Kubo RPC API spells topics and data."""
+    return "u" + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def multibase_decode(text: str) -> bytes:
+    """The bytes of a ``u`` (base64url) or ``m`` (base64) multibase string; ValueError otherwise."""
+    if not text or text[0] not in "um":
+        raise ValueError("not a base64 multibase string")
+    body = text[1:] + "=" * (-len(text[1:]) % 4)
+    try:
+        if text[0] == "u":
+            return base64.urlsafe_b64decode(body.encode("ascii"))
+        return base64.b64decode(body.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def encode_message(task_id: int, kind: str, data: dict[str, Any], max_bytes: int = MAX_MESSAGE_BYTES) -> bytes | None:
+    """The wire form of one message; long strings are cut to fit, None if it still does not."""
+    envelope = {"v": VERSION, "task": int(task_id), "kind": str(kind), "data": dict(data)}
+    body = json.dumps(envelope, separators=(",", ":"), default=str).encode()
+    limit = max_bytes
+    while len(body) > max_bytes and limit > 64:
+        # A long stdout line is cut rather than lost: the panel shows its start.
+        limit //= 2
+        envelope["data"] = {
+            k: (v[:limit] + "…" if isinstance(v, str) and len(v) > limit else v) for k, v in data.items()
+        }
+        body = json.dumps(envelope, separators=(",", ":"), default=str).encode()
+    return body if len(body) <= max_bytes else None
+
+
+def decode_message(raw: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[int, str, dict[str, Any]] | None:
+    """``(task, kind, data)`` from untrusted bytes, or None for anything that is not a message of ours.
+
+    ``data`` keeps only string keys with plain values (strings, numbers,
+    booleans, null): it is shown, so it must not carry structures a viewer
+    would have to walk.
+    """
+    if len(raw) > max_bytes:
+        return None
+    try:
+        msg = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(msg, dict) or msg.get("v") != VERSION:
+        return None
+    task, kind, data = msg.get("task"), msg.get("kind"), msg.get("data")
+    if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < 2**256:
+        return None
+    if not isinstance(kind, str) or not 0 < len(kind) <= _MAX_KIND or not isinstance(data, dict):
+        return None
+    plain = {
+        k: v
+        for k, v in list(data.items())[:_MAX_KEYS]
+        if isinstance(k, str)
+        and (v is None or isinstance(v, (str, int, bool)) or (isinstance(v, float) and math.isfinite(v)))
+    }
+    return task, kind, plain
+
+
+def pubsub_available(api_url: str, timeout: float = 3.0) -> bool | None:
+    """Whether the node at ``api_url`` offers pubsub: True, False (it said no), None (no answer).
+
+    A node that does not answer is not a verdict: it may be starting, and the
+    channel reconnects; a node that answers with an error (Kubo without
+    ``--enable-pubsub-experiment``, an RPC endpoint without pubsub) is one.
+    """
+    import requests
+
+    try:
+        resp = requests.post(f"{_http_url(api_url)}/api/v0/pubsub/ls", timeout=(timeout, timeout))
+    except requests.RequestException:
+        return None
+    with resp:
+        if resp.status_code < 400:
+            return True
+        log.debug("pubsub probe at %s: HTTP %s %s", api_url, resp.status_code, _node_message(resp))
+        return False
+
+
+class IpfsPubsubChannel:
+    """A ``LiveChannel`` over the pubsub of one IPFS node (see the module's notes).
+
+    Parameters
+    ----------
+    api_url : the node's RPC API (``http://host:5001`` or its multiaddr).
+    topic : the market's topic (``market_topic``), or a function that returns
+        it, called once from a background thread when the chain id must be
+        asked of the chain first.
+    queue_size : messages a worker may get ahead of the node before new ones
+        are dropped.
+    idle_timeout : a subscription silent this long is opened afresh, so a node
+        that vanished without closing the connection is noticed.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        topic: str | Callable[[], str],
+        *,
+        queue_size: int = 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        connect_timeout: float = 3.0,
+        publish_timeout: float = 5.0,
+        idle_timeout: float = 300.0,
+        backoff: tuple[float, float] = (0.25, 5.0),
+    ) -> None:
+        self.api_url = _http_url(api_url)
+        self._topic_source = topic
+        self._topic: str | None = topic if isinstance(topic, str) else None
+        self.max_message_bytes = int(max_message_bytes)
+        self.connect_timeout = float(connect_timeout)
+        self.publish_timeout = float(publish_timeout)
+        self.idle_timeout = float(idle_timeout)
+        self.min_backoff, self.max_backoff = backoff
+        self.counts = {"published": 0, "dropped": 0, "received": 0, "rejected": 0}
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+        self._outbox: queue.Queue[bytes] = queue.Queue(maxsize=max(1, int(queue_size)))
+        self._publisher: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._listeners: list[Listener] = []
+        self._reader: _Reader | None = None
+
+    def __repr__(self) -> str:
+        return f"IpfsPubsubChannel({self.api_url!r}, topic={self._topic or '(from the chain)'!r})"
+
+    # -- the LiveChannel protocol ----------------------------------------------------
+
+    def publish(self, task_id: int, kind: str, data: dict[str, Any]) -> None:
+        """Queue one message and return at once; never raises, drops when the queue is full."""
+        try:
+            body = encode_message(task_id, kind, data, self.max_message_bytes)
+            if body is None:
+                self._count("dropped")
+                return
+            self._start_publisher()
+            self._outbox.put_nowait(body)
+        except queue.Full:
+            self._count("dropped")
+            self._warn_once("full", "live channel: more messages than the IPFS node at %s takes; dropping some",
+                            self.api_url)  # fmt: skip
+        except Exception:  # a display channel must never stop a worker
+            self._count("dropped")
+            log.debug("live channel: could not queue a %r message", kind, exc_info=True)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(task_id, kind, data)`` for each message, from a background thread."""
+        with self._lock:
+            self._listeners.append(listener)
+            if self._reader is None:
+                reader = _Reader()
+                reader.thread = threading.Thread(
+                    target=self._read_loop, args=(reader,), name="decloud-live-reader", daemon=True
+                )
+                self._reader = reader
+                reader.thread.start()
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+            self._stop_reader(only_if_unused=True)
+
+        return unsubscribe
+
+    # -- extras ------------------------------------------------------------------------
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Whether the reader holds an open subscription now or gets one within ``timeout``."""
+        reader = self._reader
+        return reader is not None and reader.subscribed.wait(timeout)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued message was sent (or dropped); False if ``timeout`` came first."""
+        end = time.monotonic() + timeout
+        while self._outbox.unfinished_tasks:
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is queued (up to ``timeout``), then stop both threads."""
+        self.flush(timeout)
+        self._closed.set()
+        with self._lock:
+            self._listeners.clear()
+        self._stop_reader(only_if_unused=False)
+        if self._publisher is not None:
+            self._publisher.join(timeout)
+
+    # -- publishing --------------------------------------------------------------------
+
+    def _start_publisher(self) -> None:
+        if self._publisher is not None:
+            return
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = threading.Thread(target=self._publish_loop, name="decloud-live-publisher",
+                                                   daemon=True)  # fmt: skip
+                self._publisher.start()
+
+    def _publish_loop(self) -> None:
+        import requests
+
+        session = _session()
+        backoff, retry_at = self.min_backoff, 0.0
+        while not self._closed.is_set():
+            try:
+                body = self._outbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                if time.monotonic() < retry_at:
+                    self._count("dropped")  # the node is down: progress would be stale by the time it is back
+                    continue
+                self._post_pub(session, body)
+            except (requests.RequestException, _Refused, OSError) as exc:
+                self._count("dropped")
+                retry_at, backoff = time.monotonic() + backoff, min(backoff * 2, self.max_backoff)
+                self._warn_once("publish", "live channel: cannot publish to the IPFS node at %s (%s); live "
+                                "progress is dropped until it answers", self.api_url, _describe(exc))  # fmt: skip
+            except Exception:
+                self._count("dropped")
+                log.debug("live channel: publishing failed", exc_info=True)
+            else:
+                self._count("published")
+                backoff, retry_at = self.min_backoff, 0.0
+                if self._recovered("publish"):
+                    log.info("live channel: publishing to the IPFS node at %s again", self.api_url)
+                if self._outbox.empty():
+                    self._recovered("full")
+            finally:
+                self._outbox.task_done()
+        session.close()
+
+    def _post_pub(self, session: requests.Session, body: bytes) -> None:
+        boundary = uuid.uuid4().hex
+        payload = b"".join((
+            f"--{boundary}\r\n".encode(),
+            b'Content-Disposition: form-data; name="file"; filename="message"\r\n',
+            b"Content-Type: application/octet-stream\r\n\r\n",  # js-ipfs refuses a part without it
+            body,
+            f"\r\n--{boundary}--\r\n".encode(),
+        ))  # fmt: skip
+        resp = session.post(
+            f"{self.api_url}/api/v0/pubsub/pub",
+            params={"arg": multibase_encode(self._resolve_topic().encode())},
+            data=payload,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            timeout=(self.connect_timeout, self.publish_timeout),
+        )
+        with resp:
+            if resp.status_code >= 400:
+                raise _Refused(f"HTTP {resp.status_code}: {_node_message(resp)}")
+
+    # -- subscribing -------------------------------------------------------------------
+
+    def _read_loop(self, reader: _Reader) -> None:
+        session = _session()
+        stop = reader.stop
+        backoff = self.min_backoff
+        try:
+            while not stop.is_set():
+                outcome = self._read_once(session, reader)
+                reader.subscribed.clear()
+                if outcome == "idle":
+                    continue  # only silence: subscribe again at once
+                if outcome == "ended":
+                    backoff = self.min_backoff  # the node closed a live stream: perhaps a restart
+                stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+        finally:
+            reader.subscribed.clear()
+            session.close()
+
+    def _read_once(self, session: requests.Session, reader: _Reader) -> str:
+        """One subscription from connect to end: ``"idle"``, ``"ended"`` or ``"failed"``."""
+        import requests
+
+        stop = reader.stop
+
+        try:
+            resp = session.post(
+                f"{self.api_url}/api/v0/pubsub/sub",
+                params={"arg": multibase_encode(self._resolve_topic().encode())},
+                stream=True,
+                timeout=(self.connect_timeout, self.idle_timeout),
+            )
+        except Exception as exc:  # refused, unresolvable, a topic the chain would not give yet
+            if not stop.is_set():
+                self._warn_once("subscribe", "live channel: cannot subscribe at the IPFS node at %s (%s); "
+                                "retrying", self.api_url, _describe(exc))  # fmt: skip
+            return "failed"
+        with self._lock:
+            reader.response = resp
+        try:
+            if stop.is_set():  # unsubscribed while connecting: the interrupt found no response to wake
+                return "ended"
+            if resp.status_code >= 400:
+                self._warn_once("subscribe", "live channel: the IPFS node at %s refused to subscribe (HTTP %s: "
+                                "%s); retrying", self.api_url, resp.status_code, _node_message(resp))  # fmt: skip
+                return "failed"
+            reader.subscribed.set()
+            if self._recovered("subscribe"):
+                log.info("live channel: subscribed at the IPFS node at %s again", self.api_url)
+            # The node's messages are base64 inside JSON: a third more than the cap, plus the envelope.
+            line_cap = self.max_message_bytes * 4 // 3 + 2048
+            for line in resp.iter_lines(chunk_size=None):
+                if stop.is_set():
+                    return "ended"
+                if line and len(line) <= line_cap:
+                    self._deliver(line)
+                elif line:
+                    self._count("rejected")
+            return "ended"
+        except requests.exceptions.ConnectionError as exc:
+            # urllib3 reports a read timeout on a stream as a connection error.
+            return "idle" if "timed out" in str(exc).lower() and not stop.is_set() else "ended"
+        except Exception:  # a stream cut mid-read (node stopped, unsubscribe closed it)
+            return "ended"
+        finally:
+            with self._lock:
+                reader.response = None
+            resp.close()
+
+    def _deliver(self, line: bytes) -> None:
+        try:
+            outer = json.loads(line)
+            data = outer.get("data") if isinstance(outer, dict) else None
+            if data is None:
+                return  # the node's opening ``{}``
+            message = decode_message(multibase_decode(data), self.max_message_bytes) if isinstance(data, str) else None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            message = None
+        if message is None:
+            self._count("rejected")
+            return
+        self._count("received")
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(*message)
+            except Exception:  # one broken listener must not deafen the others
+                log.debug("live channel: a listener failed", exc_info=True)
+
+    def _stop_reader(self, only_if_unused: bool) -> None:
+        """Stop the reader; a later ``subscribe`` starts a fresh one, so two never share state."""
+        with self._lock:
+            reader = self._reader
+            if reader is None or (only_if_unused and self._listeners):
+                return
+            self._reader = None
+            reader.stop.set()
+            resp = reader.response
+        if resp is not None:
+            _interrupt(resp)
+        if reader.thread is not None and reader.thread is not threading.current_thread():
+            reader.thread.join(timeout=self.connect_timeout + 2)
+
+    # -- small things ------------------------------------------------------------------
+
+    def _resolve_topic(self) -> str:
+        if self._topic is None:
+            assert callable(self._topic_source)
+            self._topic = str(self._topic_source())
+        return self._topic
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.counts[what] += 1
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        """One warning per outage: a dead node must not fill a worker's log."""
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        log.warning(message, *args)
+
+    def _recovered(self, key: str) -> bool:
+        with self._lock:
+            if key not in self._warned:
+                return False
+            self._warned.discard(key)
+            return True
+
+
+class _Reader:
+    """One reader thread's own state: its stop flag, its open response, whether it is subscribed."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.stop = threading.Event()
+        self.subscribed = threading.Event()
+        self.response: requests.Response | None = None
+
+
+class _Refused(Exception):
+    """The node answered a pubsub call with an error."""
+
+
+def _session() -> requests.Session:
+    import requests
+
+    session = requests.Session()
+    session.headers["User-Agent"] = "decloud-live"
+    return session
+
+
+def _interrupt(resp: requests.Response) -> None:
+    """Wake a reader blocked on ``resp`` from another thread.
+
+    Closing a response does not wake a thread blocked in ``recv``;
+    shutting the socket down does. urllib3 >= 2.3 offers that as
+    ``shutdown()``; older ones are reached through http.client's socket.
+    """
+    raw = resp.raw
+    shutdown = getattr(raw, "shutdown", None)
+    with contextlib.suppress(Exception):
+        if callable(shutdown):
+            shutdown()
+        else:
+            raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(Exception):
+        resp.close()
+
+
+def _node_message(resp: requests.Response) -> str:
+    try:
+        payload = resp.json()
+    except ValueError:
+        return resp.reason or "no message"
+    if isinstance(payload, dict) and isinstance(payload.get("Message"), str):
+        return payload["Message"][:200]
+    return resp.reason or "no message"
+
+
+def _describe(exc: BaseException) -> str:
+    """A short cause for a log line (requests' own messages run to hundreds of characters)."""
+    text = str(exc)
+    return type(exc).__name__ if len(text) > 160 or not text else f"{type(exc).__name__}: {text}"

@@ -1,0 +1,58 @@
+"""The Python market client on the in-process EVM: typed results and refusals as sentences."""
+
+from __future__ import annotations
+
+import pytest
+
+from decloud_magics.chain.embedded import EmbeddedChain
+from decloud_magics.chain.market import ChainStatus
+from decloud_magics.errors import ChainError, InsufficientFunds
+
+CID = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+
+
+@pytest.fixture(scope="module")
+def chain() -> EmbeddedChain:
+    return EmbeddedChain()
+
+
+def test_create_claim_submit_reads_back(chain):
+    requester, worker = chain.market(0), chain.market(1)
+    deadline = requester.chain_time() + 600
+    task_id, created = requester.create_task(CID, 10**15, timeout=30, lease=45, deadline=deadline)
+    assert created.first("TaskCreated").args["inputCid"] == CID.encode()
+    assert requester.get_task(task_id).status == ChainStatus.OPEN
+    claimed = worker.claim(task_id)
+    assert claimed.first("TaskClaimed").args["worker"] == worker.account
+    done = worker.submit_result(task_id, b"\x01" * 32, CID)
+    assert done.first("TaskCompleted").args["paidPerWorker"] == 10**15
+    assert requester.get_task(task_id).status == ChainStatus.COMPLETED
+    assert created.gas_used > 0 and created.gas_cost_wei == created.gas_used * requester.gas_price()
+
+
+def test_a_revert_sent_without_an_estimate_is_still_explained(chain):
+    requester, stranger = chain.market(0), chain.market(2)
+    task_id, _ = requester.create_task(CID, 10**15, timeout=30, lease=45, deadline=requester.chain_time() + 600)
+    with pytest.raises(ChainError, match="does not hold a seat"):
+        stranger.submit_result(task_id, b"\x02" * 32, CID)  # sent with a fixed gas limit: the receipt reverts
+    with pytest.raises(ChainError, match="only the account that created the task"):
+        stranger.cancel(task_id)  # estimated: refused before sending
+    with pytest.raises(ChainError, match="deadline"):
+        requester.create_task(CID, 10**15, timeout=30, lease=45, deadline=1)
+
+
+def test_follow_returns_only_new_events(chain):
+    requester = chain.market(0)
+    follower = requester.follow(requester.block_number())
+    follower.poll()
+    task_id, _ = requester.create_task(CID, 10**15, timeout=30, lease=45, deadline=requester.chain_time() + 600)
+    names = [(e.name, e.task_id) for e in follower.poll()]
+    assert names == [("TaskCreated", task_id)]
+    assert follower.poll() == []
+    follower.close()
+
+
+def test_no_funds_is_a_sentence(chain):
+    poor = chain.market(0)
+    with pytest.raises(InsufficientFunds, match="cannot pay"):
+        poor.create_task(CID, 10**30, timeout=30, lease=45, deadline=poor.chain_time() + 600)

@@ -70,16 +70,18 @@ def decloud_batch(handle: _common.DevnetHandle, n: int, batch: int, patience: fl
     follower = market.follow(from_block=market.block_number())
     deadline = market.chain_time() + 3600
     ids: list[int] = []
+    created_at: dict[int, float] = {}  # when the transaction that opened the task was mined
     gas = 0
     first_create = time.perf_counter()
     for start in range(0, n, batch):
         task_ids, outcome = market.create_tasks(
             cids[start : start + batch], PRICE_WEI, timeout=TIMEOUT_S, lease=TIMEOUT_S + 15, deadline=deadline
         )
+        mined = time.perf_counter()
+        created_at.update((task_id, mined) for task_id in task_ids)
         ids += task_ids
         gas += outcome.gas_used
     all_created = time.perf_counter()
-    created_at = {task_id: all_created for task_id in ids}  # refined below from the TaskCreated logs
     print(f"opened {n} tasks in {len(range(0, n, batch))} transactions in {all_created - first_create:.2f} s "
           f"({gas / n:,.0f} gas per task to create)")  # fmt: skip
 
@@ -96,9 +98,7 @@ def decloud_batch(handle: _common.DevnetHandle, n: int, batch: int, patience: fl
             task_id = event.task_id
             if task_id not in wanted:
                 continue
-            if event.name == "TaskCreated" and created_at[task_id] == all_created:
-                created_at[task_id] = now
-            elif event.name == "TaskClaimed":
+            if event.name == "TaskClaimed":
                 claims[task_id] += 1
                 workers[str(event.args["worker"])] += 1
             elif event.name == "ResultSubmitted":
@@ -125,7 +125,7 @@ def decloud_batch(handle: _common.DevnetHandle, n: int, batch: int, patience: fl
         values = decode_values(decode_result(data), trust_pickle=False)
         assert values == {"value": ids.index(task_id) + 1}, (task_id, values)
         checked += 1
-    store.close() if hasattr(store, "close") else None
+    store.close()
     return {
         "elapsed": elapsed,
         "ended": len(ended),

@@ -1,39 +1,30 @@
 """The live channel of a real network, over IPFS pubsub.
 
-Why IPFS pubsub: a worker and a notebook on a real network already talk to an
-IPFS node (the store), so the node's pubsub is a transport both sides reach
-with no server of ours to run, pay for or trust. There is one topic per market
-contract, ``decloud/<chain id>/<contract>/live`` (see ``market_topic``), and
-every message is one small JSON object::
+Why IPFS pubsub: workers and notebooks already talk to an IPFS node (the
+store), so its pubsub reaches both with no server of ours to run or trust. One
+topic per market contract, ``decloud/<chain id>/<contract>/live``; one small
+JSON object per message: ``{"v": 1, "task": 7, "kind": "stdout", "data": {...}}``.
 
-    {"v": 1, "task": 7, "kind": "stdout", "data": {"line": "epoch 3", "worker": "0x..."}}
+Best effort and display only; the chain stays the source of truth (stages that
+matter come from contract events, results from the store, checked against the
+digest the chain recorded). Anyone who reaches the topic can publish anything,
+so a received message is untrusted input: size-capped, checked for shape,
+reduced to a flat dict of plain values, used for nothing but what a panel
+shows. A lost or forged message changes a panel, never what a run returns.
 
-It is best effort and only for display. The chain stays the source of truth:
-stages that matter (claimed, settled, refunded) come from contract events, and
-results come from the store, checked against the digest the chain recorded.
-Anyone who reaches the topic can publish anything, so a received message is
-untrusted input: it is size-capped, checked for shape, reduced to a flat dict of
-plain values, and never used for anything but what a panel shows. A message
-that does not fit is dropped without a word; a lost or forged one changes what
-a panel shows, never what a run returns.
+On the wire (Kubo >= 0.11 and js-ipfs 0.66 alike; checked on js-ipfs 0.66.1):
+the topic goes in ``arg`` as multibase ``u`` + unpadded base64url (js-ipfs
+refuses any other spelling); ``pubsub/pub`` takes the data as a multipart file
+part that must carry a Content-Type (js-ipfs answers 500 without one);
+``pubsub/sub`` streams NDJSON, ``{}`` first, then one object per message with
+``data`` in ``u`` base64url. js-ipfs has pubsub on by default (gossipsub, a
+node's own messages delivered to its own subscribers), even ``--offline``; Kubo
+needs ``--enable-pubsub-experiment`` or ``Pubsub.Enabled``: ``pubsub_available``.
 
-How the Kubo RPC API carries pubsub (Kubo >= 0.11 and js-ipfs 0.66 alike, checked
-against a running js-ipfs 0.66.1): the topic travels as a multibase string,
-``u`` + unpadded base64url of its UTF-8 bytes, in ``arg`` (js-ipfs refuses
-anything else); ``pubsub/pub`` takes the data as a multipart file part that
-must carry a Content-Type (js-ipfs answers 500 without one); ``pubsub/sub``
-streams newline-delimited JSON, ``{}`` first, then one object per message
-whose ``data`` is again ``u`` + base64url. js-ipfs has pubsub on by default
-(``Pubsub.Enabled``, gossipsub, delivering a node's own messages to its own
-subscribers), even with ``--offline``; Kubo needs ``--enable-pubsub-experiment``
-or ``Pubsub.Enabled: true``, and ``pubsub_available`` tells the two apart.
-
-A worker must never wait on the channel: ``publish`` only puts bytes in a
-bounded queue that one background thread sends, dropping when it is full or
-while the node is down (stale progress is worth nothing later), and a node
-that fails is logged once per outage. ``subscribe`` runs one reader thread
+A worker never waits: ``publish`` fills a bounded queue that one thread sends,
+dropping when it is full or while the node is down (progress is stale by the
+time it is back), logging an outage once. ``subscribe`` runs one reader thread
 that reconnects with backoff and stops when the last listener unsubscribes.
-``requests`` is imported on first use, like the store's.
 """
 
 from __future__ import annotations
@@ -49,7 +40,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .channel import Listener
 from .store.kubo import _http_url
@@ -60,14 +52,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("decloud.channel")
 
 VERSION = 1
-#: Largest message sent or accepted, as JSON bytes: a panel line, not a payload.
-MAX_MESSAGE_BYTES = 16 * 1024
+MAX_MESSAGE_BYTES = 16 * 1024  # a panel line, not a payload
 _MAX_KIND = 32
 _MAX_KEYS = 16
 
 
 def market_topic(chain_id: int, contract: str) -> str:
-    """The topic of one market: every worker and client of a contract meets there."""
+    """The topic where every worker and client of one contract meets."""
     return f"decloud/{int(chain_id)}/{contract.lower()}/live"
 
 
@@ -77,45 +68,41 @@ def multibase_encode(raw: bytes) -> str:
 
 
 def multibase_decode(text: str) -> bytes:
-    """The bytes of a ``u`` (base64url) or ``m`` (base64) multibase string; ValueError otherwise."""
-    if not text or text[0] not in "um":
-        raise ValueError("not a base64 multibase string")
-    body = text[1:] + "=" * (-len(text[1:]) % 4)
+    """The bytes of a ``u`` (base64url) multibase string; ValueError for anything else."""
+    if not text.startswith("u"):
+        raise ValueError("not a base64url multibase string")
     try:
-        if text[0] == "u":
-            return base64.urlsafe_b64decode(body.encode("ascii"))
-        return base64.b64decode(body.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
+        return base64.urlsafe_b64decode((text[1:] + "=" * (-len(text[1:]) % 4)).encode("ascii"))
+    except binascii.Error as exc:
         raise ValueError(str(exc)) from None
 
 
-def encode_message(task_id: int, kind: str, data: dict[str, Any], max_bytes: int = MAX_MESSAGE_BYTES) -> bytes | None:
+def encode_message(
+    task_id: int, kind: str, data: dict[str, Any], max_bytes: int = MAX_MESSAGE_BYTES
+) -> bytes | None:
     """The wire form of one message; long strings are cut to fit, None if it still does not."""
     envelope = {"v": VERSION, "task": int(task_id), "kind": str(kind), "data": dict(data)}
     body = json.dumps(envelope, separators=(",", ":"), default=str).encode()
     limit = max_bytes
     while len(body) > max_bytes and limit > 64:
-        # A long stdout line is cut rather than lost: the panel shows its start.
-        limit //= 2
-        envelope["data"] = {
-            k: (v[:limit] + "…" if isinstance(v, str) and len(v) > limit else v) for k, v in data.items()
-        }
-        body = json.dumps(envelope, separators=(",", ":"), default=str).encode()
+        limit //= 2  # a long stdout line is cut rather than lost: the panel shows its start
+        cut = {k: v[:limit] + "…" if isinstance(v, str) and len(v) > limit else v for k, v in data.items()}
+        body = json.dumps({**envelope, "data": cut}, separators=(",", ":"), default=str).encode()
     return body if len(body) <= max_bytes else None
 
 
 def decode_message(raw: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[int, str, dict[str, Any]] | None:
     """``(task, kind, data)`` from untrusted bytes, or None for anything that is not a message of ours.
 
-    ``data`` keeps only string keys with plain values (strings, numbers,
-    booleans, null): it is shown, so it must not carry structures a viewer
-    would have to walk.
+    ``data`` keeps only string keys with plain values (strings, integers,
+    finite floats, booleans, null): it is shown and recorded, so it must not
+    carry structures a viewer would have to walk.
     """
     if len(raw) > max_bytes:
         return None
     try:
         msg = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         return None
     if not isinstance(msg, dict) or msg.get("v") != VERSION:
         return None
@@ -136,9 +123,8 @@ def decode_message(raw: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[int,
 def pubsub_available(api_url: str, timeout: float = 3.0) -> bool | None:
     """Whether the node at ``api_url`` offers pubsub: True, False (it said no), None (no answer).
 
-    A node that does not answer is not a verdict: it may be starting, and the
-    channel reconnects; a node that answers with an error (Kubo without
-    ``--enable-pubsub-experiment``, an RPC endpoint without pubsub) is one.
+    No answer is no verdict (the node may be starting; the channel reconnects);
+    an error is one (Kubo without pubsub enabled, an endpoint without pubsub).
     """
     import requests
 
@@ -156,16 +142,11 @@ def pubsub_available(api_url: str, timeout: float = 3.0) -> bool | None:
 class IpfsPubsubChannel:
     """A ``LiveChannel`` over the pubsub of one IPFS node (see the module's notes).
 
-    Parameters
-    ----------
-    api_url : the node's RPC API (``http://host:5001`` or its multiaddr).
-    topic : the market's topic (``market_topic``), or a function that returns
-        it, called once from a background thread when the chain id must be
-        asked of the chain first.
-    queue_size : messages a worker may get ahead of the node before new ones
-        are dropped.
-    idle_timeout : a subscription silent this long is opened afresh, so a node
-        that vanished without closing the connection is noticed.
+    ``topic`` is the market's topic, or a function returning it, called once
+    from a background thread (for a network whose chain id must be asked of
+    the chain). ``queue_size`` is how far a worker may get ahead of the node
+    before messages are dropped; a subscription silent for ``idle_timeout`` is
+    opened afresh, so a node that vanished without closing it is noticed.
     """
 
     def __init__(
@@ -184,8 +165,7 @@ class IpfsPubsubChannel:
         self._topic_source = topic
         self._topic: str | None = topic if isinstance(topic, str) else None
         self.max_message_bytes = int(max_message_bytes)
-        self.connect_timeout = float(connect_timeout)
-        self.publish_timeout = float(publish_timeout)
+        self.connect_timeout, self.publish_timeout = float(connect_timeout), float(publish_timeout)
         self.idle_timeout = float(idle_timeout)
         self.min_backoff, self.max_backoff = backoff
         self.counts = {"published": 0, "dropped": 0, "received": 0, "rejected": 0}
@@ -224,11 +204,9 @@ class IpfsPubsubChannel:
         with self._lock:
             self._listeners.append(listener)
             if self._reader is None:
-                reader = _Reader()
-                reader.thread = threading.Thread(
-                    target=self._read_loop, args=(reader,), name="decloud-live-reader", daemon=True
-                )
-                self._reader = reader
+                reader = self._reader = _Reader()
+                reader.thread = threading.Thread(target=self._read_loop, args=(reader,),
+                                                 name="decloud-live-reader", daemon=True)  # fmt: skip
                 reader.thread.start()
 
         def unsubscribe() -> None:
@@ -239,7 +217,7 @@ class IpfsPubsubChannel:
 
         return unsubscribe
 
-    # -- extras ------------------------------------------------------------------------
+    # -- beyond the protocol: waits for tests and a clean shutdown ----------------------
 
     def wait_subscribed(self, timeout: float) -> bool:
         """Whether the reader holds an open subscription now or gets one within ``timeout``."""
@@ -247,7 +225,7 @@ class IpfsPubsubChannel:
         return reader is not None and reader.subscribed.wait(timeout)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every queued message was sent (or dropped); False if ``timeout`` came first."""
+        """Wait until every queued message was sent or dropped; False if ``timeout`` came first."""
         end = time.monotonic() + timeout
         while self._outbox.unfinished_tasks:
             if time.monotonic() > end:
@@ -268,8 +246,6 @@ class IpfsPubsubChannel:
     # -- publishing --------------------------------------------------------------------
 
     def _start_publisher(self) -> None:
-        if self._publisher is not None:
-            return
         with self._lock:
             if self._publisher is None:
                 self._publisher = threading.Thread(target=self._publish_loop, name="decloud-live-publisher",
@@ -277,8 +253,6 @@ class IpfsPubsubChannel:
                 self._publisher.start()
 
     def _publish_loop(self) -> None:
-        import requests
-
         session = _session()
         backoff, retry_at = self.min_backoff, 0.0
         while not self._closed.is_set():
@@ -288,17 +262,14 @@ class IpfsPubsubChannel:
                 continue
             try:
                 if time.monotonic() < retry_at:
-                    self._count("dropped")  # the node is down: progress would be stale by the time it is back
+                    self._count("dropped")  # the node is down: don't make every message wait for a timeout
                     continue
                 self._post_pub(session, body)
-            except (requests.RequestException, _Refused, OSError) as exc:
+            except Exception as exc:  # refused, down, or a chain that would not tell its id yet
                 self._count("dropped")
                 retry_at, backoff = time.monotonic() + backoff, min(backoff * 2, self.max_backoff)
                 self._warn_once("publish", "live channel: cannot publish to the IPFS node at %s (%s); live "
                                 "progress is dropped until it answers", self.api_url, _describe(exc))  # fmt: skip
-            except Exception:
-                self._count("dropped")
-                log.debug("live channel: publishing failed", exc_info=True)
             else:
                 self._count("published")
                 backoff, retry_at = self.min_backoff, 0.0
@@ -315,7 +286,7 @@ class IpfsPubsubChannel:
         payload = b"".join((
             f"--{boundary}\r\n".encode(),
             b'Content-Disposition: form-data; name="file"; filename="message"\r\n',
-            b"Content-Type: application/octet-stream\r\n\r\n",  # js-ipfs refuses a part without it
+            b"Content-Type: application/octet-stream\r\n\r\n",  # js-ipfs refuses a part without one
             body,
             f"\r\n--{boundary}--\r\n".encode(),
         ))  # fmt: skip
@@ -328,23 +299,22 @@ class IpfsPubsubChannel:
         )
         with resp:
             if resp.status_code >= 400:
-                raise _Refused(f"HTTP {resp.status_code}: {_node_message(resp)}")
+                raise RuntimeError(f"HTTP {resp.status_code}: {_node_message(resp)}")
 
     # -- subscribing -------------------------------------------------------------------
 
     def _read_loop(self, reader: _Reader) -> None:
         session = _session()
-        stop = reader.stop
         backoff = self.min_backoff
         try:
-            while not stop.is_set():
+            while not reader.stop.is_set():
                 outcome = self._read_once(session, reader)
                 reader.subscribed.clear()
                 if outcome == "idle":
                     continue  # only silence: subscribe again at once
                 if outcome == "ended":
-                    backoff = self.min_backoff  # the node closed a live stream: perhaps a restart
-                stop.wait(backoff)
+                    backoff = self.min_backoff  # a live stream closed by the node: perhaps a restart
+                reader.stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
         finally:
             reader.subscribed.clear()
@@ -354,8 +324,6 @@ class IpfsPubsubChannel:
         """One subscription from connect to end: ``"idle"``, ``"ended"`` or ``"failed"``."""
         import requests
 
-        stop = reader.stop
-
         try:
             resp = session.post(
                 f"{self.api_url}/api/v0/pubsub/sub",
@@ -363,15 +331,15 @@ class IpfsPubsubChannel:
                 stream=True,
                 timeout=(self.connect_timeout, self.idle_timeout),
             )
-        except Exception as exc:  # refused, unresolvable, a topic the chain would not give yet
-            if not stop.is_set():
+        except Exception as exc:  # refused, unresolvable, or a chain that would not tell its id yet
+            if not reader.stop.is_set():
                 self._warn_once("subscribe", "live channel: cannot subscribe at the IPFS node at %s (%s); "
                                 "retrying", self.api_url, _describe(exc))  # fmt: skip
             return "failed"
         with self._lock:
             reader.response = resp
         try:
-            if stop.is_set():  # unsubscribed while connecting: the interrupt found no response to wake
+            if reader.stop.is_set():  # unsubscribed while connecting: nothing was there to interrupt
                 return "ended"
             if resp.status_code >= 400:
                 self._warn_once("subscribe", "live channel: the IPFS node at %s refused to subscribe (HTTP %s: "
@@ -380,35 +348,34 @@ class IpfsPubsubChannel:
             reader.subscribed.set()
             if self._recovered("subscribe"):
                 log.info("live channel: subscribed at the IPFS node at %s again", self.api_url)
-            # The node's messages are base64 inside JSON: a third more than the cap, plus the envelope.
-            line_cap = self.max_message_bytes * 4 // 3 + 2048
-            for line in resp.iter_lines(chunk_size=None):
-                if stop.is_set():
-                    return "ended"
-                if line and len(line) <= line_cap:
-                    self._deliver(line)
-                elif line:
-                    self._count("rejected")
+            # A message is base64 inside the node's JSON: a third more than the cap, plus the envelope.
+            cap = self.max_message_bytes * 4 // 3 + 2048
+            for line in _lines(resp.iter_content(chunk_size=None), cap):  # type: ignore[arg-type]
+                if reader.stop.is_set():
+                    break
+                self._deliver(line)
             return "ended"
         except requests.exceptions.ConnectionError as exc:
-            # urllib3 reports a read timeout on a stream as a connection error.
-            return "idle" if "timed out" in str(exc).lower() and not stop.is_set() else "ended"
-        except Exception:  # a stream cut mid-read (node stopped, unsubscribe closed it)
+            # requests reports a read timeout on a stream as a connection error.
+            return "idle" if "timed out" in str(exc).lower() and not reader.stop.is_set() else "ended"
+        except Exception:  # a stream cut mid-read: the node stopped, or unsubscribe shut it
             return "ended"
         finally:
             with self._lock:
                 reader.response = None
             resp.close()
 
-    def _deliver(self, line: bytes) -> None:
+    def _deliver(self, line: bytes | None) -> None:
+        message = None
         try:
-            outer = json.loads(line)
+            outer = json.loads(line) if line is not None else None
+            if outer == {}:
+                return  # the node's greeting at the start of a stream
             data = outer.get("data") if isinstance(outer, dict) else None
-            if data is None:
-                return  # the node's opening ``{}``
-            message = decode_message(multibase_decode(data), self.max_message_bytes) if isinstance(data, str) else None
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            message = None
+            if isinstance(data, str):
+                message = decode_message(multibase_decode(data), self.max_message_bytes)
+        except (ValueError, RecursionError):
+            pass
         if message is None:
             self._count("rejected")
             return
@@ -464,7 +431,7 @@ class IpfsPubsubChannel:
 
 
 class _Reader:
-    """One reader thread's own state: its stop flag, its open response, whether it is subscribed."""
+    """One reader thread's own state, so a stopping reader never touches its successor's."""
 
     def __init__(self) -> None:
         self.thread: threading.Thread | None = None
@@ -473,8 +440,19 @@ class _Reader:
         self.response: requests.Response | None = None
 
 
-class _Refused(Exception):
-    """The node answered a pubsub call with an error."""
+def _lines(chunks: Iterable[bytes], cap: int) -> Iterator[bytes | None]:
+    """The lines of a stream; None stands for a line longer than ``cap``, which is never held whole."""
+    buf, skipping = b"", False
+    for chunk in chunks:
+        *whole, buf = (buf + chunk).split(b"\n")
+        for line in whole:
+            if skipping:
+                skipping = False
+                yield None
+            elif line.strip():
+                yield line if len(line) <= cap else None
+        if len(buf) > cap:
+            buf, skipping = b"", True
 
 
 def _session() -> requests.Session:
@@ -486,17 +464,14 @@ def _session() -> requests.Session:
 
 
 def _interrupt(resp: requests.Response) -> None:
-    """Wake a reader blocked on ``resp`` from another thread.
+    """Wake a reader blocked on ``resp``: closing does not wake a ``recv``, a socket shutdown does.
 
-    Closing a response does not wake a thread blocked in ``recv``;
-    shutting the socket down does. urllib3 >= 2.3 offers that as
-    ``shutdown()``; older ones are reached through http.client's socket.
+    urllib3 >= 2.3 offers that as ``shutdown()``; before, the socket is reached through http.client.
     """
     raw = resp.raw
-    shutdown = getattr(raw, "shutdown", None)
     with contextlib.suppress(Exception):
-        if callable(shutdown):
-            shutdown()
+        if callable(getattr(raw, "shutdown", None)):
+            raw.shutdown()
         else:
             raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(Exception):
@@ -507,13 +482,12 @@ def _node_message(resp: requests.Response) -> str:
     try:
         payload = resp.json()
     except ValueError:
-        return resp.reason or "no message"
+        payload = None
     if isinstance(payload, dict) and isinstance(payload.get("Message"), str):
         return payload["Message"][:200]
     return resp.reason or "no message"
 
 
 def _describe(exc: BaseException) -> str:
-    """A short cause for a log line (requests' own messages run to hundreds of characters)."""
-    text = str(exc)
-    return type(exc).__name__ if len(text) > 160 or not text else f"{type(exc).__name__}: {text}"
+    """A short cause for a log line: requests' own messages run to hundreds of characters."""
+    return type(exc).__name__ if len(str(exc)) > 160 else f"{type(exc).__name__}: {exc}"

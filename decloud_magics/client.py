@@ -12,26 +12,34 @@ Out[4]: {'total': 6}
 from __future__ import annotations
 
 import hashlib
-import os
 import logging
+import os
 import queue
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from .accounting import REQUESTER_GAS_ESTIMATE, Budget, check_balance, check_budget, check_max_price, parse_budget
+from .accounting import (
+    REQUESTER_GAS_ESTIMATE,
+    Budget,
+    check_balance,
+    check_budget,
+    check_max_price,
+    parse_budget,
+)
 from .chain.market import ChainStatus, MarketEvent
 from .connection import Connection, connect
-from .errors import DecloudError, IntegrityError, RemoteError, RunFailed, UnsafeValueError, UsageError
+from .errors import DecloudError, RunFailed, UsageError
 from .keys import PrivateKey, redact
 from .models import EventKind, Resources, RunEvent, Status, utcnow
 from .networks import NetworkConfig, get_network
 from .recovery import Wallet, past_result, reattach, refund_all, wallet
 from .run import Result, Run
+from .settlement import end_without_result, fetch_result, settle
 from .units import format_amount, parse_amount
 
 if TYPE_CHECKING:
@@ -387,55 +395,10 @@ class Client:
     # -- endings ---------------------------------------------------------------
 
     def _settle(self, run: Run, digest: bytes, where: dict[str, Any], paid: int) -> None:
-        """Fetch the result by its CID, check it against the chain's digest, decode it safely."""
-        try:
-            result = self.load_result(run, run.result_cid, digest)
-        except (IntegrityError, DecloudError) as exc:
-            message = f"the result was refused: {exc}"
-            self.ledger.update_run(run.id, error=message)
-            run._finish(EventKind.FAILED, failure=RunFailed(message), message=message,
-                        data={"reason": "verification"}, **where)  # fmt: skip
-            return
-        self.ledger.update_run(run.id, result_cid=run.result_cid, result_digest=digest.hex())
-        if result.error is not None:
-            message = f"the cell raised {result.error.ename}: {result.error.evalue}"
-            reason = "cell_raised"
-        elif result.failure is not None:
-            message = result.failure
-            reason = "sandbox"
-        else:
-            kind = EventKind.COMPLETED
-            message = f"completed; worker paid {format_amount(paid, self.config.symbol)}"
-            run._finish(kind, result=result, message=message,
-                        data={"result_cid": run.result_cid, "paid": paid}, **where)  # fmt: skip
-            return
-        self.ledger.update_run(run.id, error=message, refunded_wei=run.refunded_wei)
-        run._finish(EventKind.FAILED, result=result, message=message,
-                    data={"reason": reason, "result_cid": run.result_cid, "refund": run.refunded_wei},
-                    **where)  # fmt: skip
+        settle(self, run, digest, where, paid)
 
     def _end_without_result(self, run: Run, event: MarketEvent, where: dict[str, Any]) -> None:
-        symbol = self.config.symbol
-        if event.name == "TaskDisputed":
-            run.refunded_wei = run.price_wei
-            workers = [str(w) for w in event.args["workers"]]
-            message = f"validators disagreed ({', '.join(_short(w) for w in workers)}); escrow refunded"
-            kind, data = EventKind.DISPUTED, {"workers": workers,
-                                              "digests": [bytes(d).hex() for d in event.args["digests"]]}  # fmt: skip
-        else:
-            run.refunded_wei = int(event.args["refund"])
-            if event.name == "TaskCancelled":
-                kind, message = EventKind.CANCELLED, f"cancelled; {format_amount(run.refunded_wei, symbol)} refunded"
-            else:
-                kind = EventKind.NOT_PROCESSED
-                message = (
-                    f"no worker took the task before its deadline; {format_amount(run.refunded_wei, symbol)} "
-                    "refunded. Try a higher --price or a longer wait."
-                )
-            data = {"refund": run.refunded_wei}
-        self.ledger.update_run(run.id, refunded_wei=run.refunded_wei, error=message)
-        run._finish(kind, failure=RunFailed(f"Run {run.id}: {message.rstrip('.')}."), message=message, data=data,
-                    **where)
+        end_without_result(self, run, event, where)
 
     def load_result(self, run: Run, cid: str | None, digest: bytes) -> Result:
         """Read a result from the store and verify it; never trusts a cache."""
@@ -443,41 +406,8 @@ class Client:
 
     def fetch_result(self, run_id: str, cid: str | None, digest: bytes, *, trust_pickle: bool = False,
                      wanted: Sequence[str] | None = None) -> Result:  # fmt: skip
-        """Fetch by CID (the store checks the bytes against it), then check the chain's digest.
-
-        Only ``wanted`` names are bound: a worker must not be able to overwrite
-        notebook names the cell never asked for (``print``, ``display``...).
-        """
-        from .package import decode_result, decode_values, result_digest
-
-        if not cid:
-            raise IntegrityError(f"Run {run_id} has no result CID on chain.")
-        data = self.conn.store.get(cid)
-        if result_digest(data) != digest:
-            raise IntegrityError(
-                f"the bytes stored under {cid} do not match the digest the chain recorded; "
-                "the worker's result was altered and is not used"
-            )
-        # The digest covers every blob, so the package need not hash them again.
-        package = decode_result(data, verify=False)
-        value_errors = dict(package.value_errors)
-        values = decode_values(package, trust_pickle=trust_pickle, errors=value_errors, only=wanted)
-        error = None
-        if package.error is not None:
-            error = RemoteError(package.error.ename, package.error.evalue, list(package.error.traceback))
-        return Result(
-            run_id=run_id,
-            status=Status.COMPLETED if error is None and not package.failure else Status.FAILED,
-            stdout=package.stdout,
-            stderr=package.stderr,
-            displays=list(package.displays),
-            values=values,
-            value_errors=value_errors,
-            error=error,
-            failure=package.failure,
-            result_cid=cid,
-            timings=dict(package.timings),
-        )
+        """Fetch by CID and check it against the chain's digest (see ``settlement.fetch_result``)."""
+        return fetch_result(self.conn.store, run_id, cid, digest, trust_pickle=trust_pickle, wanted=wanted)
 
     # -- the ledger --------------------------------------------------------------
 

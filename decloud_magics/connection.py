@@ -101,6 +101,7 @@ def connect_rpc(config: NetworkConfig, key: PrivateKey | None, wake: threading.E
     """A connection over JSON-RPC and the Kubo RPC API."""
     from web3 import HTTPProvider, Web3
 
+    from .channel_ipfs import IpfsPubsubChannel, market_topic, pubsub_available
     from .store.kubo import KuboStore
 
     if not (config.rpc_url and config.contract and config.ipfs_api):
@@ -115,11 +116,36 @@ def connect_rpc(config: NetworkConfig, key: PrivateKey | None, wake: threading.E
     w3 = Web3(HTTPProvider(config.rpc_url, request_kwargs={"timeout": 30}))
     account = Account.from_key(key.reveal()).address
     market = Market(w3, config.contract, account, key=key)
+    store = KuboStore(config.ipfs_api)
+    # The live channel rides on the same IPFS node's pubsub. Only a node that
+    # answers "no pubsub here" turns it off; one that does not answer yet may be
+    # starting, and the channel reconnects on its own.
+    channel: LiveChannel
+    if pubsub_available(config.ipfs_api) is False:
+        import logging
+
+        logging.getLogger("decloud.channel").warning(
+            "The IPFS node at %s offers no pubsub, so live progress (running, stdout) is off for the network "
+            "'%s'; the chain still reports every stage. Kubo enables it with --enable-pubsub-experiment.",
+            store.api_url, config.name,
+        )  # fmt: skip
+        channel = NullChannel()
+    else:
+        contract, chain_id = config.contract, config.chain_id
+
+        def topic() -> str:
+            # Without a saved chain id the chain is asked, from the channel's thread: connecting stays offline.
+            if chain_id:
+                return market_topic(chain_id, contract)
+            with market.lock:
+                return market_topic(w3.eth.chain_id, contract)
+
+        channel = IpfsPubsubChannel(store.api_url, topic() if chain_id else topic)
     return Connection(
         config=config,
         market=market,
-        store=KuboStore(config.ipfs_api),
-        channel=NullChannel(),
+        store=store,
+        channel=channel,
         wake=wake or threading.Event(),
         key=key,
     )

@@ -1,8 +1,8 @@
 """TaskMarket under random use, checked against a small Python model of its rules.
 
-Hypothesis drives random create / claim / submit / release / cancel / reclaim /
-withdraw calls from random parties (five keys and one contract that can refuse
-payments) and moves the clock. Every call's outcome (success, or which custom
+Hypothesis drives random create / claim / submit / report-failure / release /
+cancel / reclaim / withdraw calls from random parties (five keys and one
+contract that can refuse payments) and moves the clock. Every call's outcome (success, or which custom
 error) must match the model, and after every step:
 
 * the contract holds exactly the escrow of live tasks plus what it owes;
@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT = ROOT / "decloud_magics" / "chain" / "contracts" / "TaskMarket.json"
 HELPERS = ROOT / "tests" / "contracts" / "Helpers.json"
 
-OPEN, CLAIMED, COMPLETED, NOT_PROCESSED, CANCELLED, DISPUTED = 1, 2, 3, 4, 5, 6
+OPEN, CLAIMED, COMPLETED, NOT_PROCESSED, CANCELLED, DISPUTED, FAILED = 1, 2, 3, 4, 5, 6, 7
 LIVE = (OPEN, CLAIMED)
 DIGEST_A = b"\xaa" * 32
 DIGEST_B = b"\xbb" * 32
 CID = b"bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
 TX_GAS = 3_000_000
-TERMINAL_EVENTS = ("TaskCompleted", "TaskCancelled", "TaskNotProcessed", "TaskDisputed")
+TERMINAL_EVENTS = ("TaskCompleted", "TaskCancelled", "TaskNotProcessed", "TaskDisputed", "TaskFailed")
 
 PARTIES = 6  # five keys and the contract
 # Stand-ins resolved per task: its requester, a holder of an unsubmitted seat,
@@ -389,6 +389,24 @@ class MarketMachine(RuleBasedStateMachine):
             if task.status not in LIVE:
                 break
             self._submit(task_id, self._who(HOLDER, task_id), digest)
+
+    @precondition(lambda self: self.tasks)
+    @rule(pick=TASK, who=AS_WORKER, digest=DIGESTS)
+    def report_failure(self, pick: int, who: int, digest: bytes) -> None:
+        task_id = self._task_id(pick)
+        sender = self._who(who, task_id)
+
+        def model() -> None:
+            task = self._live(task_id)
+            if self.now > task.deadline:
+                raise Refused("DeadlinePassed")
+            self._seat_of(task, sender)
+            task.status = FAILED
+            task.seats, task.agreed = [None] * task.validators, None
+            self._pay(task.requester, task.price)
+            self.touched[task_id] = True
+
+        self._run(sender, "reportFailure", [task_id, digest, CID], 0, model)
 
     @precondition(lambda self: self.tasks)
     @rule(pick=TASK, who=AS_WORKER)

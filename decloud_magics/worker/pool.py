@@ -7,6 +7,7 @@ reach the client solely through the market, the store and the live channel.
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 from ..channel import LiveChannel
 from ..chain.embedded import EmbeddedChain
@@ -15,6 +16,15 @@ from .service import Worker, WorkerPolicy
 
 #: Two cores here: more sandboxes than that only queue on the CPU.
 DEFAULT_WORKERS = 3
+
+
+def _turns(index: int, count: int) -> Callable[[int], float]:
+    """Task n is first offered to worker n % count; the others wait a moment before they step in."""
+
+    def delay(task_id: int) -> float:
+        return 0.0 if task_id % count == index - 1 else 0.75
+
+    return delay
 
 
 class LocalWorkerPool:
@@ -39,6 +49,7 @@ class LocalWorkerPool:
                 policy=policy or WorkerPolicy(),
                 name=f"local-{index}",
                 wake=wake,
+                stagger=_turns(index, count),
             )
             self.workers.append(worker)
         self._chain = chain

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..channel import LiveChannel, NullChannel
 from ..chain.market import ChainStatus, Market, MarketEvent
@@ -86,6 +86,7 @@ class Worker:
         wake: threading.Event | None = None,
         poll_interval: float | None = None,
         backlog_blocks: int = 256,
+        stagger: Callable[[int], float] | None = None,
     ) -> None:
         self.market = market
         self.store = store
@@ -96,6 +97,11 @@ class Worker:
         self.poll_interval = market.poll_interval if poll_interval is None else poll_interval
         self._chain_clock = (0.0, 0)  # (when read, chain time): read at most once a second
         self.backlog_blocks = backlog_blocks
+        # Seconds this worker lets pass before it competes for a task: workers that
+        # know of each other (the embedded pool) take turns instead of all racing
+        # for every claim, and the others step in only if the first one is slow.
+        self.stagger = stagger or (lambda task_id: 0.0)
+        self._first_seen: dict[int, float] = {}
         self.completed = 0
         self.failed = 0
         self._stop = threading.Event()
@@ -163,6 +169,7 @@ class Worker:
             return
         if event.name == "TaskCreated":
             self._offers[task_id] = TaskOffer.from_event(event)
+            self._first_seen[task_id] = time.monotonic()
         elif event.name == "TaskClaimed":
             self._leases[task_id] = int(event.args["leaseExpiry"])
         elif event.name == "TaskReleased":
@@ -170,6 +177,7 @@ class Worker:
         elif event.name in ("TaskCompleted", "TaskCancelled", "TaskNotProcessed", "TaskDisputed", "TaskFailed"):
             self._offers.pop(task_id, None)
             self._leases.pop(task_id, None)
+            self._first_seen.pop(task_id, None)
 
     def _offer_work(self) -> None:
         """Try the oldest acceptable tasks while a slot is free."""
@@ -188,6 +196,8 @@ class Worker:
             lease = self._leases.get(task_id)
             if lease is not None and lease >= now and offer.validators == 1:
                 continue  # someone holds it; look again when the lease runs out
+            if time.monotonic() < self._first_seen.get(task_id, 0.0) + self.stagger(task_id):
+                continue
             if not self.accepts(offer):
                 continue
             if not self._slots.acquire(blocking=False):

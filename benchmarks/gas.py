@@ -1,0 +1,214 @@
+"""Gas of a task's lifecycle (create + claim + submit), one task and amortized over a batch.
+
+    python benchmarks/gas.py [--batch 100] [--tasks 5]
+
+TaskMarket (the committed artifact) is deployed on the in-process EVM
+(web3's EthereumTesterProvider, py-evm, cancun rules); one requester opens
+tasks and one worker claims them and submits a result, with a paid push to
+the worker as in normal use. Single tasks go through ``createTask``; a batch
+through one ``createTasks`` of ``--batch`` tasks, then a claim and a submit
+per task (the worker side has no batch calls).
+
+Baseline, same run, same chain: the same lifecycle written the obvious way,
+``benchmarks/contracts/NaiveMarket.sol`` (the whole task in one storage
+struct with string CIDs, the price pushed to the worker), compiled at run
+time with the solc of ``scripts/node_modules`` and TaskMarket's compiler
+settings. Without node or solc the baseline is skipped with a message.
+
+Gas is deterministic, so the single-task figure is the median of ``--tasks``
+identical lifecycles after a first one on the fresh contract (which pays for
+first-time storage writes and is shown apart). CIDs are real 59-character
+CIDv1 strings, distinct per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, machine, verdict
+
+BUILD_NAIVE = ROOT / "benchmarks" / "contracts" / "build_naive.js"
+PRICE = 10**14
+DIGEST = hashlib.sha256(b"result").digest()
+BASE_TX_GAS = 21_000
+TARGET_SINGLE = 100_000
+TARGET_BATCH = 50_000
+
+
+def fmt(gas: float) -> str:
+    return f"{gas:,.0f}"
+
+
+def cid(label: str) -> str:
+    from decloud_magics.store.cid import cid_for
+
+    return cid_for(label.encode())
+
+
+class Chain:
+    """A fresh in-process EVM with a requester and a worker account."""
+
+    def __init__(self) -> None:
+        from web3 import EthereumTesterProvider, Web3
+
+        self.w3 = Web3(EthereumTesterProvider())
+        self.requester, self.worker = self.w3.eth.accounts[:2]
+
+    def deploy(self, abi: list[Any], bytecode: str) -> Any:
+        factory = self.w3.eth.contract(abi=abi, bytecode=bytecode)
+        receipt = self.w3.eth.get_transaction_receipt(factory.constructor().transact({"from": self.requester}))
+        return self.w3.eth.contract(address=receipt["contractAddress"], abi=abi)
+
+    def gas(self, fn: Any, sender: str, value: int = 0) -> tuple[int, Any]:
+        receipt = self.w3.eth.get_transaction_receipt(fn.transact({"from": sender, "value": value}))
+        assert receipt["status"] == 1, "transaction reverted"
+        return int(receipt["gasUsed"]), receipt
+
+    def deadline(self) -> int:
+        return int(self.w3.eth.get_block("latest")["timestamp"]) + 3600
+
+
+class Lifecycle:
+    """One contract's way of doing create / create many / claim / submit."""
+
+    def __init__(self, name: str, chain: Chain, contract: Any, kind: str) -> None:
+        self.name, self.chain, self.c, self.kind = name, chain, contract, kind
+        self.serial = 0
+
+    def _cid(self) -> str:
+        self.serial += 1
+        return cid(f"{self.name} input {self.serial}")
+
+    def create(self) -> tuple[int, int]:
+        f, ch = self.c.functions, self.chain
+        if self.kind == "ours":
+            fn = f.createTask(self._cid().encode(), 60, 75, ch.deadline(), 1, 1, 1024)
+        else:
+            fn = f.createTask(self._cid(), ch.deadline())
+        gas, receipt = ch.gas(fn, ch.requester, PRICE)
+        return gas, self._ids(receipt)[0]
+
+    def create_many(self, n: int) -> tuple[int, list[int]]:
+        f, ch = self.c.functions, self.chain
+        cids = [self._cid() for _ in range(n)]
+        if self.kind == "ours":
+            fn = f.createTasks([c.encode() for c in cids], 60, 75, ch.deadline(), 1, 1, 1024)
+        else:
+            fn = f.createTasks(cids, ch.deadline())
+        gas, receipt = ch.gas(fn, ch.requester, PRICE * n)
+        ids = self._ids(receipt)
+        assert len(ids) == n
+        return gas, ids
+
+    def claim(self, task_id: int) -> int:
+        return self.chain.gas(self.c.functions.claim(task_id), self.chain.worker)[0]
+
+    def submit(self, task_id: int) -> int:
+        result = cid(f"{self.name} result {task_id}")
+        if self.kind == "ours":
+            fn = self.c.functions.submitResult(task_id, DIGEST, result.encode())
+        else:
+            fn = self.c.functions.submitResult(task_id, result)
+        return self.chain.gas(fn, self.chain.worker)[0]
+
+    def _ids(self, receipt: Any) -> list[int]:
+        from web3.logs import DISCARD
+
+        events = self.c.events.TaskCreated().process_receipt(receipt, errors=DISCARD)
+        return [int(e["args"]["taskId"]) for e in events]
+
+    def single(self) -> dict[str, int]:
+        created, task_id = self.create()
+        claimed = self.claim(task_id)
+        submitted = self.submit(task_id)
+        return {"create": created, "claim": claimed, "submit": submitted, "total": created + claimed + submitted}
+
+    def batch(self, n: int) -> dict[str, float]:
+        created, ids = self.create_many(n)
+        claims = [self.claim(i) for i in ids]
+        submits = [self.submit(i) for i in ids]
+        total = created + sum(claims) + sum(submits)
+        return {"create": created / n, "claim": sum(claims) / n, "submit": sum(submits) / n, "total": total / n}
+
+
+def compile_naive() -> dict[str, Any] | None:
+    """ABI and bytecode of NaiveMarket, or None (with the reason printed) when node or solc is missing."""
+    if shutil.which("node") is None:
+        print("BASELINE SKIPPED: node is not on PATH (NaiveMarket.sol is compiled with the npm solc package)")
+        return None
+    done = subprocess.run(["node", str(BUILD_NAIVE)], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        print(f"BASELINE SKIPPED: compiling NaiveMarket.sol failed: {done.stderr.strip()[-800:]}")
+        return None
+    return json.loads(done.stdout)
+
+
+def run_all(life: Lifecycle, tasks: int, batch: int) -> dict[str, dict[str, float]]:
+    first = life.single()
+    singles = [life.single() for _ in range(tasks)]
+    steady = {k: statistics.median(s[k] for s in singles) for k in first}
+    return {"first": first, "single": steady, "batch": life.batch(batch)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=100, help="tasks per createTasks")
+    parser.add_argument("--tasks", type=int, default=5, help="single lifecycles measured after the first")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+
+    from decloud_magics.chain.artifact import load_artifact
+
+    artifact = load_artifact()
+    chain = Chain()
+    figures = {"TaskMarket": run_all(Lifecycle("TaskMarket", chain, chain.deploy(artifact["abi"],
+                                                                              artifact["bytecode"]), "ours"),
+                                     args.tasks, args.batch)}  # fmt: skip
+    naive = compile_naive()
+    if naive is not None:
+        naive_chain = Chain()
+        contract = naive_chain.deploy(naive["abi"], naive["bytecode"])
+        figures["NaiveMarket (baseline)"] = run_all(
+            Lifecycle("NaiveMarket", naive_chain, contract, "naive"), args.tasks, args.batch
+        )
+
+    rows: list[tuple[str, str, dict[str, float]]] = []
+    for name, f in figures.items():
+        rows += [
+            (name, "first task on a fresh contract", f["first"]),
+            (name, f"single task (median of {args.tasks})", f["single"]),
+            (name, f"per task, batch of {args.batch}", f["batch"]),
+        ]
+    print(f"\ngas per task lifecycle (create + claim + submit; each transaction includes its {BASE_TX_GAS:,} base)")
+    print(f"  {'contract':<24}{'case':<32}{'create':>9}{'claim':>9}{'submit':>9}{'total':>10}")
+    for name, case, g in rows:
+        print(f"  {name:<24}{case:<32}{g['create']:>9,.0f}{g['claim']:>9,.0f}{g['submit']:>9,.0f}{g['total']:>10,.0f}")
+
+    ours = figures["TaskMarket"]
+    if "NaiveMarket (baseline)" in figures:
+        base = figures["NaiveMarket (baseline)"]
+        for case in ("single", "batch"):
+            ratio = ours[case]["total"] / base[case]["total"]
+            print(f"ratio TaskMarket / naive, {case}: {ratio:.2f}x "
+                  f"({fmt(ours[case]['total'])} vs {fmt(base[case]['total'])})")  # fmt: skip
+    single, per_task = ours["single"]["total"], ours["batch"]["total"]
+    print(f"target: single-validator lifecycle <= {TARGET_SINGLE:,} -> {fmt(single)}, {verdict(single <= TARGET_SINGLE)}")
+    print(f"target: <= {TARGET_BATCH:,}/task in batches of {args.batch} -> {fmt(per_task)}, "
+          f"{verdict(per_task <= TARGET_BATCH)}")  # fmt: skip
+    floor = 3 * BASE_TX_GAS
+    batch_floor = BASE_TX_GAS / args.batch + 2 * BASE_TX_GAS
+    print(f"note: three transactions cost {floor:,} in base fees alone; with one create per batch and a claim and "
+          f"a submit per task the floor is {batch_floor:,.0f}/task before any execution")  # fmt: skip
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -190,7 +190,11 @@ class DecloudMagics(Magics):
 
     @line_cell_magic
     def decloud(self, line: str, cell: str | None = None) -> Any:
-        """Run cells on a decentralized compute market. Subcommands: run, wait, runs, network."""
+        """Run cells on a decentralized compute market.
+
+        %%decloud run [options] runs the cell; the line subcommands are wait, runs,
+        network, history, events, result, summary, budget, wallet and refund.
+        """
         try:
             words = shlex.split(line)
         except ValueError as exc:
@@ -427,7 +431,7 @@ def _compose_help() -> str:
     parts = [DecloudMagics.decloud.__doc__ or ""]
     for name, func in SUBCOMMANDS.items():
         usage = (func.__doc__ or "").replace("::\n\n  ", "").strip()
-        usage = usage.replace(f"%{func.__name__}", f"%decloud {name}")
+        usage = usage.replace(f"%{func.__name__}", f"%%decloud {name}" if name == "run" else f"%decloud {name}")
         parts.append(f"\n{name}\n{'-' * len(name)}\n{usage}")
     return "\n".join(parts)
 

@@ -72,7 +72,8 @@ def multibase_decode(text: str) -> bytes:
     if not text.startswith("u"):
         raise ValueError("not a base64url multibase string")
     try:
-        return base64.urlsafe_b64decode((text[1:] + "=" * (-len(text[1:]) % 4)).encode("ascii"))
+        padded = (text[1:] + "=" * (-len(text[1:]) % 4)).encode("ascii")
+        return base64.b64decode(padded, altchars=b"-_", validate=True)  # strict: no skipped characters
     except binascii.Error as exc:
         raise ValueError(str(exc)) from None
 

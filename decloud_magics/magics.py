@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shlex
 import sys
 import threading
@@ -428,7 +429,7 @@ class DecloudMagics(Magics):
 
 
 def _compose_help() -> str:
-    parts = [DecloudMagics.decloud.__doc__ or ""]
+    parts = [inspect.cleandoc(DecloudMagics.decloud.__doc__ or "")]
     for name, func in SUBCOMMANDS.items():
         usage = (func.__doc__ or "").replace("::\n\n  ", "").strip()
         usage = usage.replace(f"%{func.__name__}", f"%%decloud {name}" if name == "run" else f"%decloud {name}")

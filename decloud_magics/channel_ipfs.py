@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from .channel import Listener
 from .store.kubo import _http_url
+from .untrusted import loads_json
 
 if TYPE_CHECKING:
     import requests
@@ -69,7 +70,7 @@ def multibase_encode(raw: bytes) -> str:
 
 def multibase_decode(text: str) -> bytes:
     """The bytes of a ``u`` (base64url) multibase string; ValueError for anything else."""
-    if not text.startswith("u"):
+    if not text.startswith("u") or "+" in text or "/" in text:
         raise ValueError("not a base64url multibase string")
     try:
         padded = (text[1:] + "=" * (-len(text[1:]) % 4)).encode("ascii")
@@ -102,7 +103,7 @@ def decode_message(raw: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[int,
     if len(raw) > max_bytes:
         return None
     try:
-        msg = json.loads(raw)
+        msg = loads_json(raw)
     except (ValueError, RecursionError):
         return None
     if not isinstance(msg, dict) or msg.get("v") != VERSION:
@@ -369,7 +370,7 @@ class IpfsPubsubChannel:
     def _deliver(self, line: bytes | None) -> None:
         message = None
         try:
-            outer = json.loads(line) if line is not None else None
+            outer = loads_json(line) if line is not None else None
             if outer == {}:
                 return  # the node's greeting at the start of a stream
             data = outer.get("data") if isinstance(outer, dict) else None

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import SerializationError, UnsafeValueError
+from .untrusted import loads_json
 
 #: Bytes in one of the "MB" that limits and messages speak of.
 MB = 1024 * 1024
@@ -232,7 +233,7 @@ def _encode_json(value: Any) -> bytes:
 
 
 def _decode_json(data: BytesLike, type_name: str) -> Any:
-    return _from_tree(json.loads(bytes(data).decode("utf-8")))
+    return _from_tree(loads_json(data))
 
 
 # -- npy ---------------------------------------------------------------------
@@ -357,7 +358,7 @@ def _decode_arrow(data: BytesLike, type_name: str) -> Any:
     with pa.ipc.open_stream(pa.BufferReader(data)) as reader:
         table = reader.read_all()
     table.validate(full=True)  # Arrow's advice for untrusted IPC: check offsets before touching data
-    meta = json.loads((table.schema.metadata or {}).get(_ARROW_META_KEY, b'{"kind":"frame"}'))
+    meta = loads_json((table.schema.metadata or {}).get(_ARROW_META_KEY, b'{"kind":"frame"}'))
     frame = table.to_pandas()
     for i in meta.get("object_columns", []):
         frame.isetitem(int(i), frame.iloc[:, int(i)].astype(object))

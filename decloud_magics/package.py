@@ -29,6 +29,7 @@ from typing import Any
 from .analysis import cell_names
 from .codecs import MB, BytesLike, Encoded, check_size, decode_value, encode_value
 from .errors import IntegrityError, SerializationError, UnsafeValueError, UsageError
+from .untrusted import loads_json
 
 FORMAT_VERSION = 1
 MAGIC = b"DCLD"
@@ -362,7 +363,7 @@ def _unpack(
     if length > _MAX_MANIFEST or _PREFIX + length > len(view):
         raise _damaged(kind, "its manifest length points past the end")
     try:
-        manifest = json.loads(bytes(view[_PREFIX : _PREFIX + length]).decode("utf-8"))
+        manifest = loads_json(view[_PREFIX : _PREFIX + length])
     except (ValueError, RecursionError):
         raise _damaged(kind, "its manifest is not valid JSON") from None
     if (
@@ -404,7 +405,7 @@ def _unpack(
         if end + 4 + tail_len != len(view):
             raise _damaged(kind, "its trailer length is wrong")
         try:
-            trailer = json.loads(bytes(view[end + 4 :]).decode("utf-8"))
+            trailer = loads_json(view[end + 4 :])
         except (ValueError, RecursionError):
             raise _damaged(kind, "its trailer is not valid JSON") from None
         if not isinstance(trailer, dict):
@@ -438,7 +439,7 @@ def _encoded(entry: dict[str, Any], blob: memoryview) -> Encoded:
 
 def _displays(blob: memoryview) -> list[dict[str, Any]]:
     try:
-        displays = json.loads(bytes(blob).decode("utf-8"))
+        displays = loads_json(blob)
     except (ValueError, RecursionError):
         raise _damaged("result", "its displays are not valid JSON") from None
     if not isinstance(displays, list) or not all(

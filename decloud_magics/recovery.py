@@ -139,7 +139,9 @@ def past_result(client: Client, run_id: str) -> tuple[RunRecord, Result]:
     if digest is None:
         raise ChainError(f"The chain shows no result for run {record.run_id} in block {block}.")
     trust = bool(record.options.get("trust_pickle"))
-    return record, client.fetch_result(record.run_id, cid or record.result_cid, digest, trust_pickle=trust)
+    # The same names a live run would bind: a worker's result may not plant others in the notebook.
+    return record, client.fetch_result(record.run_id, cid or record.result_cid, digest, trust_pickle=trust,
+                                       wanted=record.outputs)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -444,3 +444,193 @@ def test_a_dying_worker_takes_its_sandbox_along() -> None:
     sandbox._cgroup_state.pop("swept", None)
     assert_worker_still_fine()
     assert not any(p.exists() for p in leftovers)
+
+
+# -- warm spares: started ahead, still one process per task --------------------------------
+
+from decloud_magics.worker import sandbox as sandbox_module  # noqa: E402
+
+WARM_KEY = (sys.executable, False)
+
+
+def spare_ready() -> Any:
+    """The ready spare for the default sandbox, once it exists."""
+    sandbox_module.prewarm()
+    assert sandbox_module._spares.wait_ready(WARM_KEY, timeout=60), "no spare was started"
+    return sandbox_module._spares._ready[WARM_KEY]
+
+
+def run_warm(code: str, namespace: dict[str, Any] | None = None, **kw: Any) -> ResultPackage:
+    """``run``, checking that a spare started ahead served it."""
+    spare_ready()
+    served = dict(sandbox_module._spares.served)
+    res = run(code, namespace, **kw)
+    assert sandbox_module._spares.served == {**served, "warm": served["warm"] + 1}
+    return res
+
+
+def test_a_warm_spare_serves_the_run_and_another_is_started() -> None:
+    first = spare_ready()
+    res = run_warm("y = 1\nprint('hi')")
+    assert res.failure is None and res.error is None and res.stdout == "hi\n"
+    assert decode_values(res, trust_pickle=False) == {"y": 1}
+    assert spare_ready() is not first
+    assert not Path(first.scratch).exists()
+
+
+def test_each_task_still_gets_a_fresh_process() -> None:
+    # With a PID namespace every sandbox is pid 1, so its namespace tells them apart too.
+    code = (
+        "import os, sys\n"
+        "print(os.getpid(), os.readlink('/proc/self/ns/pid'))\n"
+        "leftover = hasattr(sys, 'decloud_test_mark')\n"
+        "sys.decloud_test_mark = True\n"
+    )
+    first, second = run_warm(code), run_warm(code)
+    assert first.stdout and second.stdout and first.stdout != second.stdout
+    for res in (first, second):
+        assert decode_values(res, trust_pickle=False)["leftover"] is False
+
+
+def test_limits_apply_on_a_warm_process() -> None:
+    res = run_warm("x = bytearray(4 * 1024**3)", memory_mb=512, timeout=60)
+    assert res.failure == "The cell ran out of memory: it needed more than the sandbox's 512 MB."
+    res = run_warm("with open('big.bin', 'wb') as fh:\n    fh.write(b'0' * 20 * 1024 * 1024)", file_size_mb=10)
+    assert res.failure == "The cell tried to write a file larger than the sandbox's 10 MB limit."
+    res = run_warm("print('looping', flush=True)\nwhile True:\n    pass", timeout=2)
+    assert res.failure == "The task was killed after its 2 s wall-clock timeout."
+    assert res.stdout == "looping\n"
+    res = run_warm("import os\nlisting = os.listdir('.')")
+    assert decode_values(res, trust_pickle=False)["listing"] == []  # the task file is gone before the cell
+    assert run_warm("input()").error.ename == "EOFError"  # type: ignore[union-attr]
+    assert_worker_still_fine()
+
+
+def test_warm_process_joins_the_pids_cgroup() -> None:
+    probe = run_warm("pass", max_processes=16)
+    if not probe.sandbox.get("pids_cgroup"):
+        pytest.skip("LOUD: no writable pids cgroup here; the fork bomb test covers RLIMIT_NPROC")
+    bomb = (
+        "import os, time\nwhile True:\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)\n"
+    )
+    res = run_warm(bomb, max_processes=16, timeout=20)
+    assert res.failure == "The cell tried to run more than the sandbox's 16 processes."
+    assert_worker_still_fine()
+
+
+def test_the_environment_of_a_warm_process_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DECLOUD_PRIVATE_KEY", "deadbeef")
+    sandbox_module.shutdown_spares()  # the next spare starts while the worker holds the secret
+    res = run_warm("import os\nenv = dict(os.environ)\nprint(env)")
+    env = decode_values(res, trust_pickle=False)["env"]
+    assert "DECLOUD_PRIVATE_KEY" not in env and "deadbeef" not in res.stdout
+    assert env["HOME"] == env["TMPDIR"] and env["OMP_NUM_THREADS"] == "1"
+
+
+def test_another_thread_count_starts_cold_and_the_next_spare_follows_it() -> None:
+    spare_ready()
+    served = dict(sandbox_module._spares.served)
+    code = "import os\nn = os.environ['OMP_NUM_THREADS']"
+    res = run(code, threads=2)
+    assert decode_values(res, trust_pickle=False)["n"] == "2"
+    assert sandbox_module._spares.served["cold"] == served["cold"] + 1
+    assert sandbox_module._spares.wait_ready(WARM_KEY, timeout=60)
+    assert decode_values(run(code, threads=2), trust_pickle=False)["n"] == "2"
+    assert sandbox_module._spares.served["warm"] == served["warm"] + 1
+    assert decode_values(run(code), trust_pickle=False)["n"] == "1"  # cold again, and the spare follows
+    assert decode_values(run_warm(code), trust_pickle=False)["n"] == "1"
+
+
+def test_a_dead_spare_is_replaced() -> None:
+    spare = spare_ready()
+    os.killpg(spare.proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while spare.usable(600) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    served = dict(sandbox_module._spares.served)
+    assert_worker_still_fine()
+    assert sandbox_module._spares.served["cold"] == served["cold"] + 1
+    assert not Path(spare.scratch).exists()
+    assert spare_ready() is not spare
+    assert_worker_still_fine()
+
+
+def test_a_spare_that_dies_after_the_check_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from decloud_magics.worker.spares import Process
+
+    spare = spare_ready()
+    os.killpg(spare.proc.pid, signal.SIGKILL)
+    while spare.usable(600):
+        time.sleep(0.05)
+    monkeypatch.setattr(Process, "usable", lambda self, max_age: True)  # the config then meets a dead pipe
+    served = dict(sandbox_module._spares.served)
+    assert_worker_still_fine()
+    assert sandbox_module._spares.served["cold"] == served["cold"] + 1
+    assert not Path(spare.scratch).exists()
+
+
+def test_an_old_spare_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    spare = spare_ready()
+    monkeypatch.setattr(sandbox_module._spares, "max_age", 0.0)
+    served = dict(sandbox_module._spares.served)
+    assert_worker_still_fine()
+    assert sandbox_module._spares.served["cold"] == served["cold"] + 1
+    assert not Path(spare.scratch).exists() and spare.proc.returncode is not None
+
+
+def test_concurrent_runs_from_threads_all_succeed() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    spare_ready()
+    served = dict(sandbox_module._spares.served)
+
+    def one(i: int) -> ResultPackage:
+        return run(f"y = {i} * 2\nprint('run', {i})", timeout=120)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(one, range(6)))
+    for i, res in enumerate(results):
+        assert res.failure is None and res.error is None and res.stdout == f"run {i}\n"
+        assert decode_values(res, trust_pickle=False) == {"y": i * 2}
+    now = sandbox_module._spares.served
+    assert now["warm"] - served["warm"] >= 1
+    assert now["warm"] + now["cold"] == served["warm"] + served["cold"] + 6
+
+
+def test_live_spares_survive_the_sweep_and_go_at_shutdown() -> None:
+    spare = spare_ready()
+    sandbox_module._cgroup_state.pop("swept", None)
+    sandbox_module._sweep_leftovers()
+    assert Path(spare.scratch).exists()
+    sandbox_module.shutdown_spares()
+    assert not Path(spare.scratch).exists() and spare.proc.returncode is not None
+    assert_worker_still_fine()
+
+
+def test_spares_are_killed_when_the_worker_exits() -> None:
+    worker = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from decloud_magics.worker import sandbox
+        sandbox.prewarm()
+        assert sandbox._spares.wait_ready({WARM_KEY!r}, timeout=60)
+        spare = sandbox._spares._ready[{WARM_KEY!r}]
+        print(spare.proc.pid, spare.scratch)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pid, scratch = done.stdout.split()
+    assert not Path(scratch).exists()
+
+    def spare_alive() -> bool:  # a zombie has no command line left
+        try:
+            return b"decloud_magics" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while spare_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not spare_alive(), "the spare outlived its worker"

@@ -38,10 +38,15 @@ _RESOURCE_NAMES = ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "R
 _MAIN_PID = 0  # the runtime's own pid; a process the cell forked has another one
 
 
-def main(config_json: str) -> None:
-    """Run one task as described by the parent's JSON config; never returns."""
+def main(config_json: str | None = None) -> None:
+    """Run one task as described by the parent's JSON config; never returns.
+
+    Without an argument the config comes on stdin: the process was started
+    ahead of its task (a warm spare) and waits there, the interpreter up and
+    this module imported, until the parent hands it a task.
+    """
     global _MAIN_PID
-    config = json.loads(config_json)
+    config = json.loads(config_json if config_json is not None else _read_config())
     _enter_sandbox(config)
     started = time.perf_counter()
     main_pid = _MAIN_PID = os.getpid()
@@ -71,6 +76,24 @@ def main(config_json: str) -> None:
         view = view[os.write(result_fd, view) :]
     _flush()
     os._exit(status)  # without waiting for threads the cell left running
+
+
+def _read_config() -> str:
+    """The parent's config, one line on stdin; then stdin is emptied, as for a cold start.
+
+    A line, not the end of stdin: a process the worker forked may hold a copy
+    of the pipe's write end, and the end of stdin would then never come.
+    """
+    chunks = [b""]
+    while not chunks[-1].endswith(b"\n"):
+        chunk = os.read(0, 65536)
+        if not chunk:
+            raise SystemExit("the worker went away before it sent the task")
+        chunks.append(chunk)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # the cell reads EOF, and its subprocesses do not hold our pipe
+    os.close(null)
+    return b"".join(chunks).decode("utf-8")
 
 
 def _enter_sandbox(config: dict[str, Any]) -> None:

@@ -22,14 +22,14 @@ so the cell never runs in the worker's own interpreter. Each run gets:
   user to make file modes count.
 
 ``run_in_sandbox`` always returns result bytes: timeouts, limits and crashes
-become a ``failure`` sentence. A warm pool of pre-started interpreters can
-later replace ``_spawn`` alone.
+become a ``failure`` sentence. The process usually comes warm (``spares.py``):
+started ahead, interpreter up and runtime imported, waiting on its stdin for
+the config; it still runs this one task only.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import selectors
@@ -46,8 +46,9 @@ from subprocess import Popen
 
 from ..errors import DecloudError
 from ..package import ResultPackage, decode_result, encode_result
+from .spares import Key, Process, SparePool, close_at_exit
 
-__all__ = ["SandboxLimits", "network_isolation_available", "run_in_sandbox"]
+__all__ = ["SandboxLimits", "network_isolation_available", "prewarm", "run_in_sandbox", "shutdown_spares"]
 
 log = logging.getLogger(__name__)
 LineSink = Callable[[str], None]
@@ -57,9 +58,10 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _KILL_GRACE = 5.0  # seconds to drain pipes after a kill before giving up on them
 # The bootstrap registers decloud_magics without running its __init__, which
 # loads the notebook glue: the sandbox needs only the formats and the runtime.
+# The config comes later, on stdin, so the same process can be started ahead of its task.
 _BOOT = (
     "import sys,types;p=types.ModuleType('decloud_magics');p.__path__=[sys.argv[1]];"
-    "sys.modules['decloud_magics']=p;from decloud_magics.worker.runtime import main;main(sys.argv[2])"
+    "sys.modules['decloud_magics']=p;from decloud_magics.worker.runtime import main;main()"
 )
 _UNSHARE = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child", "--mount-proc"]
 # If the worker itself dies, the kernel kills the sandbox too (and unshare's --kill-child the rest).
@@ -103,23 +105,20 @@ def run_in_sandbox(
     limits = limits or SandboxLimits()
     started = time.monotonic()
     _sweep_leftovers()
-    scratch = tempfile.mkdtemp(prefix=f"decloud-task-{os.getpid()}-")
-    cgroup = _make_pids_cgroup(limits.max_processes) if limits.max_processes else None
     isolated = _unshare_works(python, limits.network)
+    child = _spares.take((python, limits.network), limits.threads)
+    cgroup = _make_pids_cgroup(limits.max_processes) if limits.max_processes else None
+    run: _Run | None = None
     try:
-        task_path = os.path.join(scratch, ".decloud-task")
-        with open(task_path, "wb") as fh:
-            fh.write(task_bytes)
-        read_fd, write_fd = os.pipe()
-        try:
-            proc = _spawn(python, scratch, task_path, write_fd, limits, cgroup, isolated)
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        run = _Run(proc, read_fd, limits, on_stdout, cgroup)
-        run.supervise(timeout)
+        if child is not None and not child.hand_over(task_bytes, _config(limits, cgroup)):
+            child.discard()  # it died between the check and the config: start one now
+            child = None
+        if child is None:
+            child = _start((python, limits.network), limits.threads)
+            child.hand_over(task_bytes, _config(limits, cgroup))  # if it died already, the run says so
+        _spares.count(child.warm)
+        run = _Run(child.proc, child.result_fd, limits, on_stdout, cgroup)
+        run.supervise(timeout)  # the timeout counts from the config, not from when the spare started
         run.wall = time.monotonic() - started
         if isolated and run.returncode == 1 and run.stderr.head.endswith(_UNSHARE_SIGKILL):
             # unshare re-raises the child's death signal on itself, which fails for
@@ -129,12 +128,15 @@ def run_in_sandbox(
         run.process_limit_hit = cgroup is not None and _pids_limit_hit(cgroup)
         return _assemble(run, limits, timeout, isolated, cgroup is not None)
     finally:
+        if run is None and child is not None:
+            child.discard()  # never supervised: kill and reap it here
         if cgroup is not None:
             _remove_cgroup(cgroup)
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(scratch, onexc=_force_remove)
-        else:
-            shutil.rmtree(scratch, onerror=_force_remove)
+        if child is not None:
+            if sys.version_info >= (3, 12):
+                shutil.rmtree(child.scratch, onexc=_force_remove)
+            else:
+                shutil.rmtree(child.scratch, onerror=_force_remove)
 
 
 def network_isolation_available(python: str = sys.executable) -> bool:
@@ -142,19 +144,49 @@ def network_isolation_available(python: str = sys.executable) -> bool:
     return _unshare_works(python, network=False)
 
 
-def _spawn(
-    python: str,
-    scratch: str,
-    task: str,
-    result_fd: int,
-    limits: SandboxLimits,
-    cgroup: str | None,
-    isolated: bool,
-) -> Popen[bytes]:
-    """Start the sandbox process: the one step a warm pool of interpreters would replace."""
-    config = {
-        "task": task,
-        "result_fd": result_fd,
+def prewarm(python: str = sys.executable, network: bool = False) -> None:
+    """Start a spare sandbox process now, so that even the first task finds one ready."""
+    _spares.prewarm((python, network), SandboxLimits().threads)
+
+
+def shutdown_spares() -> None:
+    """Kill the waiting spare processes (done at interpreter exit anyway); later runs start new ones."""
+    _spares.close()
+
+
+def _start(key: Key, threads: int) -> Process:
+    """Start a sandbox process up to the point where it waits for its config on stdin."""
+    python, network = key
+    isolated = _unshare_works(python, network)
+    scratch = tempfile.mkdtemp(prefix=f"decloud-task-{os.getpid()}-")
+    # Not -I: it implies -E, which would drop PYTHONHASHSEED, and equal hashing
+    # is what makes honest workers print sets identically. The environment is
+    # ours anyway, and sets the rest of -I (no user site, no cwd on sys.path).
+    argv = [python, "-u", "-c", _BOOT, _PACKAGE_DIR]
+    if isolated:
+        argv = [*_UNSHARE, *([] if network else ["--net"]), *argv]
+    if _command_works((*_SETPRIV, python, "-c", "pass")):
+        argv = [*_SETPRIV, *argv]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    try:
+        read_fd, write_fd = os.pipe()
+        try:
+            env = _environment(scratch, threads)
+            proc = Popen(argv, cwd=scratch, env=env, pass_fds=(write_fd,), start_new_session=True, **pipes)  # type: ignore[call-overload]
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return Process(proc, scratch, read_fd, write_fd, threads)
+
+
+def _config(limits: SandboxLimits, cgroup: str | None) -> dict[str, object]:
+    """What the child applies to itself before it reads a task byte."""
+    return {
         "rlimits": _rlimits(limits, nproc=cgroup is None),
         "cgroup_procs": os.path.join(cgroup, "cgroup.procs") if cgroup else None,
         "memory_mb": limits.memory_mb,
@@ -162,23 +194,12 @@ def _spawn(
         "file_size_mb": limits.file_size_mb,
         "max_output_bytes": limits.max_output_mb * MB,
     }
-    # Not -I: it implies -E, which would drop PYTHONHASHSEED, and equal hashing
-    # is what makes honest workers print sets identically. The environment is
-    # ours anyway, and sets the rest of -I (no user site, no cwd on sys.path).
-    argv = [python, "-u", "-c", _BOOT, _PACKAGE_DIR, json.dumps(config)]
-    if isolated:
-        argv = [*_UNSHARE, *([] if limits.network else ["--net"]), *argv]
-    if _command_works((*_SETPRIV, python, "-c", "pass")):
-        argv = [*_SETPRIV, *argv]
-    pipes = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    env = _environment(scratch, limits)
-    return Popen(argv, cwd=scratch, env=env, pass_fds=(result_fd,), start_new_session=True, **pipes)  # type: ignore[call-overload]
 
 
-def _environment(scratch: str, limits: SandboxLimits) -> dict[str, str]:
+def _environment(scratch: str, threads: int) -> dict[str, str]:
     """The whole environment of the cell: an allowlist, nothing inherited but PATH."""
-    threads = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-    env = dict.fromkeys(threads, str(max(1, limits.threads)))
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+    env = dict.fromkeys(names, str(max(1, threads)))
     env.update(
         dict.fromkeys(("PYTHONNOUSERSITE", "PYTHONSAFEPATH", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE"), "1")
     )
@@ -390,6 +411,8 @@ def _failure(
 
 # -- isolation that depends on the machine -------------------------------------------
 
+_spares = SparePool(_start)
+close_at_exit(_spares)
 _probe_lock = threading.Lock()
 _unshare_cache: dict[tuple[str, bool], bool] = {}
 _command_cache: dict[tuple[str, ...], bool] = {}

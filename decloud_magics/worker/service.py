@@ -125,6 +125,7 @@ class Worker:
     def serve(self) -> None:
         """Follow the market until ``stop()``; the loop of ``decloud worker``."""
         try:
+            __import__("decloud_magics.worker.sandbox", fromlist=["prewarm"]).prewarm()  # for the first task
             start_block = max(0, self.market.block_number() - self.backlog_blocks)
             follower = self.market.follow(from_block=start_block)
             log.info("worker %s serving %s as %s", self.name, self.market.address, self.market.account)

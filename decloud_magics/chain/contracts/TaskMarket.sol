@@ -178,6 +178,9 @@ contract TaskMarket {
 
     // ------------------------------------------------------------------ work
 
+    /// @notice Takes a free seat, or, when none is free, the seat of a holder
+    /// whose lease ran out before it submitted: a stalled worker must not hold
+    /// a task hostage until its deadline.
     function claim(uint256 taskId) external nonReentrant {
         Task storage t = _tasks[taskId];
         Core memory c = t.core;
@@ -299,6 +302,8 @@ contract TaskMarket {
 
     // ------------------------------------------------------------------ requester
 
+    /// @notice A seat whose holder submitted counts as held even after its lease:
+    /// that worker did the work, so only `reclaim` after the deadline may end it.
     function cancel(uint256 taskId) external nonReentrant {
         Task storage t = _tasks[taskId];
         Core memory c = t.core;

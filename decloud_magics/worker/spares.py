@@ -1,0 +1,184 @@
+"""Warm spares: sandbox processes started ahead of their task.
+
+Starting the interpreter and importing the runtime takes a good part of a
+short task's time. So, for each kind of sandbox (python, network), one
+process is started in advance with its own scratch dir and waits on its stdin
+for a config. A run takes it, hands it the task, and a new spare is started
+behind it. Each process still runs one task and exits: nothing a cell does
+can reach the next one.
+
+Spares are started from one long-lived thread because the sandbox's
+``--pdeathsig`` fires when the *thread* that started it ends, not the
+process: a spare started from a short-lived thread would die with that thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from subprocess import Popen
+
+log = logging.getLogger(__name__)
+
+# A spare waiting longer than this is replaced: the package on disk may have
+# been upgraded under it, and it keeps the PATH it was started with.
+MAX_AGE = 600.0
+Key = tuple[str, bool]  # (python, network): what decides how a sandbox process is started
+
+
+@dataclass(eq=False)
+class Process:
+    """A sandbox process that has not been given its task yet (its stdin is still open)."""
+
+    proc: Popen[bytes]
+    scratch: str
+    result_fd: int  # our read end of the result pipe
+    child_fd: int  # the child's write end, by its number in the child
+    threads: int
+    warm: bool = False
+    born: float = field(default_factory=time.monotonic)
+
+    def usable(self, max_age: float) -> bool:
+        if time.monotonic() - self.born > max_age:
+            return False
+        try:  # WNOWAIT: a dead one is still reaped by discard()
+            return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:
+            return False
+
+    def hand_over(self, task_bytes: bytes, config: dict[str, object]) -> bool:
+        """Put the task in the scratch dir and send the config; False if the process is already gone.
+
+        The child sets its limits and joins the cgroup from this config before
+        it opens the task file.
+        """
+        task_path = os.path.join(self.scratch, ".decloud-task")
+        with open(task_path, "wb") as fh:
+            fh.write(task_bytes)
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(
+                (json.dumps({**config, "task": task_path, "result_fd": self.child_fd}) + "\n").encode()
+            )
+            self.proc.stdin.close()
+        except OSError:  # BrokenPipeError: it died while it waited
+            return False
+        return True
+
+    def discard(self) -> None:
+        """Kill it, reap it, and remove its scratch dir (it never got a task, so nothing there matters)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # unreapable now; the kernel's pdeathsig still covers it
+            log.warning("a discarded sandbox spare (pid %d) did not exit", self.proc.pid)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        try:
+            os.close(self.result_fd)
+        except OSError:
+            pass
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+class SparePool:
+    """At most one ready spare per key; taking one is atomic, and asks for the next."""
+
+    def __init__(self, start: Callable[[Key, int], Process], max_age: float = MAX_AGE) -> None:
+        self._start = start
+        self.max_age = max_age
+        self.served = {"warm": 0, "cold": 0}  # runs served each way, for tests and logs
+        self._forget()
+        # A forked copy of the worker must not use (or kill) the parent's spares.
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Condition()
+        self._ready: dict[Key, Process] = {}
+        self._wanted: dict[Key, int] = {}  # key -> threads, for the maker thread
+        self._making: set[Key] = set()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def take(self, key: Key, threads: int) -> Process | None:
+        """The ready spare for ``key`` if its thread count matches, else None (the caller starts cold).
+
+        Either way the slot is emptied and refilled for this thread count: the
+        thread count is in the environment, fixed when the process starts, and
+        the next task most likely asks what this one did.
+        """
+        with self._lock:
+            spare = self._ready.pop(key, None)
+            self._want(key, threads)
+        if spare is not None and (spare.threads != threads or not spare.usable(self.max_age)):
+            spare.discard()
+            spare = None
+        return spare
+
+    def count(self, warm: bool) -> None:
+        with self._lock:
+            self.served["warm" if warm else "cold"] += 1
+
+    def prewarm(self, key: Key, threads: int) -> None:
+        with self._lock:
+            self._want(key, threads)
+
+    def wait_ready(self, key: Key, timeout: float) -> bool:
+        """Whether a spare for ``key`` is ready within ``timeout`` seconds."""
+        with self._lock:
+            return self._lock.wait_for(lambda: key in self._ready, timeout)
+
+    def close(self, final: bool = False) -> None:
+        """Kill the ready spares; ``final`` (interpreter exit) also stops making new ones."""
+        with self._lock:
+            self._closed = self._closed or final
+            self._wanted.clear()
+            spares, self._ready = list(self._ready.values()), {}
+        for spare in spares:
+            spare.discard()
+
+    def _want(self, key: Key, threads: int) -> None:
+        if self._closed or key in self._ready or key in self._making:
+            return
+        self._wanted[key] = threads
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._make_forever, name="decloud-spares", daemon=True)
+            self._thread.start()
+        self._lock.notify_all()
+
+    def _make_forever(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: bool(self._wanted))
+                key, threads = self._wanted.popitem()
+                self._making.add(key)
+            spare: Process | None = None
+            try:
+                spare = self._start(key, threads)
+                spare.warm = True
+            except Exception:  # runs start cold meanwhile, and the next run asks again
+                log.exception("could not start a sandbox spare")
+            with self._lock:
+                self._making.discard(key)
+                if spare is not None and not self._closed and key not in self._ready:
+                    self._ready[key], spare = spare, None
+                self._lock.notify_all()
+            if spare is not None:
+                spare.discard()
+
+
+def close_at_exit(pool: SparePool) -> None:
+    atexit.register(pool.close, final=True)

@@ -1,0 +1,64 @@
+"""A private devnet for one test module: its own DECLOUD_HOME and ports the OS picks.
+
+The same steps as the fixture of ``test_devnet.py`` (install the tools once or
+skip loudly, ``Devnet.up``, ``down`` and restore the environment), except that
+the chain and the IPFS node never take the default ports, so this devnet, the
+one of ``test_devnet.py`` and the IPFS nodes of other test modules can run at
+the same time on one machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from decloud_magics.devnet import chain_node
+from decloud_magics.devnet.ipfs_node import ensure_ipfs_installed, install_hint
+from decloud_magics.devnet.manager import Devnet
+from decloud_magics.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = Path(os.environ.get("DECLOUD_TOOLS") or ROOT / ".tools").absolute()
+
+
+def install_or_skip(tools: Path = TOOLS) -> None:
+    """Install anvil and js-ipfs once; skip, naming what failed and the fixing command, when npm cannot."""
+    for what, install, command in (
+        ("anvil (the chain node)", chain_node.ensure_anvil_installed,
+         " ".join(chain_node.anvil_install_command(tools))),
+        ("js-ipfs (the IPFS node)", ensure_ipfs_installed, install_hint(tools)),
+    ):  # fmt: skip
+        try:
+            install(tools, lambda msg: print(msg, file=sys.stderr))
+        except ConfigError as exc:
+            pytest.skip(
+                f"DEVNET TESTS DID NOT RUN: installing {what} into {tools} failed: {exc}\n"
+                f"Fix that, then install it with: {command}   (or DECLOUD_TOOLS={tools} decloud devnet up)"
+            )
+
+
+@contextlib.contextmanager
+def private_devnet(home: Path, workers: int, tools: Path = TOOLS) -> Iterator[Devnet]:
+    """A running devnet in ``home`` with ``workers`` workers; everything stops on exit."""
+    saved = {name: os.environ.get(name) for name in ("DECLOUD_HOME", "DECLOUD_TOOLS")}
+    os.environ["DECLOUD_HOME"] = str(home)
+    os.environ["DECLOUD_TOOLS"] = str(tools)
+    net: Devnet | None = None
+    try:
+        install_or_skip(tools)
+        net = Devnet(tools)
+        net.up(workers=workers, chain_port=chain_node.pick_port(0), ipfs_port=chain_node.pick_port(0))
+        yield net
+    finally:
+        if net is not None:
+            net.down(grace=5)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -65,7 +65,7 @@ def decloud_batch(handle: _common.DevnetHandle, n: int, batch: int, patience: fl
         _pkg, data = build_task_package(f"value = {i} + 1", {}, outputs=["value"], name=f"bench {i}")
         cids.append(store.put(data))
     packaged = time.perf_counter() - began
-    print(f"packaged and stored {n} tasks in {packaged:.2f} s ({n / packaged:.0f}/s; not part of the rate)")
+    print(f"packaged and stored {n} tasks in {packaged:.2f} s ({n / packaged:.0f}/s; not part of the rate)", flush=True)
 
     follower = market.follow(from_block=market.block_number())
     deadline = market.chain_time() + 3600
@@ -83,7 +83,7 @@ def decloud_batch(handle: _common.DevnetHandle, n: int, batch: int, patience: fl
         gas += outcome.gas_used
     all_created = time.perf_counter()
     print(f"opened {n} tasks in {len(range(0, n, batch))} transactions in {all_created - first_create:.2f} s "
-          f"({gas / n:,.0f} gas per task to create)")  # fmt: skip
+          f"({gas / n:,.0f} gas per task to create)", flush=True)  # fmt: skip
 
     wanted = set(ids)
     ended: dict[int, tuple[str, float]] = {}

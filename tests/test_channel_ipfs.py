@@ -98,6 +98,7 @@ MALFORMED = {
     "data a list": _msg(data=["line"]),
     "too big": _msg(data={"line": "x" * (MAX_MESSAGE_BYTES + 10)}),
     "deep nesting": b"[" * 100_000 + b"]" * 100_000,
+    "deep nesting within the cap": b"[" * 5_000 + b"]" * 5_000,  # would overflow the C stack if parsed
 }
 
 
@@ -159,7 +160,9 @@ class Inbox:
             try:
                 message = self.messages.get(timeout=max(0.0, end - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"heard {len(got)} of {n} messages within {timeout:g} s: {got}") from None
+                raise AssertionError(
+                    f"heard {len(got)} of {n} messages within {timeout:g} s: {got}"
+                ) from None
             if message[1] != "probe":
                 got.append(message)
         return got
@@ -283,6 +286,27 @@ def test_unsubscribe_stops_the_reader_and_a_new_subscribe_starts_afresh(
 
 
 @pytest.mark.devnet
+def test_a_silent_subscription_is_renewed_without_a_word(
+    node: IpfsNode, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="decloud.channel")
+    publisher = IpfsPubsubChannel(node.api_url, topic)
+    subscriber = IpfsPubsubChannel(node.api_url, topic, idle_timeout=0.5)
+    inbox = Inbox()
+    try:
+        subscriber.subscribe(inbox)
+        until_heard(publisher, inbox)
+        time.sleep(2.0)  # several idle timeouts, each followed by a fresh subscription
+        until_heard(publisher, inbox)
+        publisher.publish(8, "stdout", {"line": "still here"})
+        assert inbox.take(1) == [(8, "stdout", {"line": "still here"})]
+        assert _logged(caplog, "") == [], "silence is not an outage"
+    finally:
+        publisher.close()
+        subscriber.close()
+
+
+@pytest.mark.devnet
 def test_a_stopped_node_never_troubles_the_worker_and_the_subscriber_comes_back(
     node: IpfsNode, pair: tuple[IpfsPubsubChannel, IpfsPubsubChannel], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -323,7 +347,7 @@ def _logged(caplog: pytest.LogCaptureFixture, words: str) -> list[logging.LogRec
 class _NoPubsubKubo(BaseHTTPRequestHandler):
     """Answers like Kubo started without --enable-pubsub-experiment (its words, verbatim)."""
 
-    def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+    def do_POST(self) -> None:  # the name http.server calls
         body = json.dumps({
             "Message": "experimental pubsub feature not enabled, run daemon with --enable-pubsub-experiment to use.",
             "Code": 0, "Type": "error",

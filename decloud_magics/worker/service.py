@@ -125,7 +125,9 @@ class Worker:
     def serve(self) -> None:
         """Follow the market until ``stop()``; the loop of ``decloud worker``."""
         try:
-            __import__("decloud_magics.worker.sandbox", fromlist=["prewarm"]).prewarm()  # for the first task
+            from .sandbox import prewarm
+
+            prewarm()  # start an interpreter for the first task while we wait for it
             start_block = max(0, self.market.block_number() - self.backlog_blocks)
             follower = self.market.follow(from_block=start_block)
             log.info("worker %s serving %s as %s", self.name, self.market.address, self.market.account)

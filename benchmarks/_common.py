@@ -36,9 +36,7 @@ def machine() -> str:
     )
 
 
-def in_turns(
-    actions: dict[str, Callable[[], object]], runs: int, warmup: int = 2
-) -> dict[str, list[float]]:
+def in_turns(actions: dict[str, Callable[[], object]], runs: int, warmup: int = 2) -> dict[str, list[float]]:
     """Seconds of each action, one of each per round.
 
     Taking turns spreads any burst of load from elsewhere on the machine over
@@ -80,9 +78,12 @@ def dask_client(workers: int = 2) -> Iterator[Any]:
     except ImportError:
         yield None
         return
-    with LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -131,7 +132,9 @@ def _running_devnet(min_workers: int) -> DevnetHandle | None:
         return None
     alive = sum(1 for w in state.workers if w.process is not None and w.process.alive())
     if alive < min_workers:
-        print(f"the running devnet has {alive} live workers, fewer than {min_workers}: starting a private one")
+        print(
+            f"the running devnet has {alive} live workers, fewer than {min_workers}: starting a private one"
+        )
         return None
     key = load_key_file(net.requester_key_file())
     return DevnetHandle(net, key, alive, started_here=False, home=str(decloud_home()))
@@ -164,7 +167,9 @@ def devnet(workers: int, reuse: bool = True) -> Iterator[DevnetHandle]:
         began = time.perf_counter()
         net.up(workers=workers)
         print(f"devnet up in {home}: anvil, js-ipfs, {workers} workers ({time.perf_counter() - began:.1f} s)")
-        yield DevnetHandle(net, load_key_file(net.requester_key_file()), workers, started_here=True, home=home)
+        yield DevnetHandle(
+            net, load_key_file(net.requester_key_file()), workers, started_here=True, home=home
+        )
     finally:
         survivors = net.down(grace=5)
         print("devnet down" + (f"; pids still alive: {survivors}" if survivors else ""))

@@ -30,7 +30,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from _common import ROOT, machine, verdict
@@ -64,7 +63,9 @@ class Chain:
 
     def deploy(self, abi: list[Any], bytecode: str) -> Any:
         factory = self.w3.eth.contract(abi=abi, bytecode=bytecode)
-        receipt = self.w3.eth.get_transaction_receipt(factory.constructor().transact({"from": self.requester}))
+        receipt = self.w3.eth.get_transaction_receipt(
+            factory.constructor().transact({"from": self.requester})
+        )
         return self.w3.eth.contract(address=receipt["contractAddress"], abi=abi)
 
     def gas(self, fn: Any, sender: str, value: int = 0, limit: int = 1_000_000) -> tuple[int, Any]:
@@ -131,14 +132,24 @@ class Lifecycle:
         created, task_id = self.create()
         claimed = self.claim(task_id)
         submitted = self.submit(task_id)
-        return {"create": created, "claim": claimed, "submit": submitted, "total": created + claimed + submitted}
+        return {
+            "create": created,
+            "claim": claimed,
+            "submit": submitted,
+            "total": created + claimed + submitted,
+        }
 
     def batch(self, n: int) -> dict[str, float]:
         created, ids = self.create_many(n)
         claims = [self.claim(i) for i in ids]
         submits = [self.submit(i) for i in ids]
         total = created + sum(claims) + sum(submits)
-        return {"create": created / n, "claim": sum(claims) / n, "submit": sum(submits) / n, "total": total / n}
+        return {
+            "create": created / n,
+            "claim": sum(claims) / n,
+            "submit": sum(submits) / n,
+            "total": total / n,
+        }
 
 
 def compile_naive() -> dict[str, Any] | None:
@@ -146,7 +157,9 @@ def compile_naive() -> dict[str, Any] | None:
     if shutil.which("node") is None:
         print("BASELINE SKIPPED: node is not on PATH (NaiveMarket.sol is compiled with the npm solc package)")
         return None
-    done = subprocess.run(["node", str(BUILD_NAIVE)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        ["node", str(BUILD_NAIVE)], check=False, capture_output=True, text=True, timeout=300
+    )
     if done.returncode != 0:
         print(f"BASELINE SKIPPED: compiling NaiveMarket.sol failed: {done.stderr.strip()[-800:]}")
         return None
@@ -189,10 +202,14 @@ def main() -> None:
             (name, f"single task (median of {args.tasks})", f["single"]),
             (name, f"per task, batch of {args.batch}", f["batch"]),
         ]
-    print(f"\ngas per task lifecycle (create + claim + submit; each transaction includes its {BASE_TX_GAS:,} base)")
+    print(
+        f"\ngas per task lifecycle (create + claim + submit; each transaction includes its {BASE_TX_GAS:,} base)"
+    )
     print(f"  {'contract':<24}{'case':<32}{'create':>9}{'claim':>9}{'submit':>9}{'total':>10}")
     for name, case, g in rows:
-        print(f"  {name:<24}{case:<32}{g['create']:>9,.0f}{g['claim']:>9,.0f}{g['submit']:>9,.0f}{g['total']:>10,.0f}")
+        print(
+            f"  {name:<24}{case:<32}{g['create']:>9,.0f}{g['claim']:>9,.0f}{g['submit']:>9,.0f}{g['total']:>10,.0f}"
+        )
 
     ours = figures["TaskMarket"]
     if "NaiveMarket (baseline)" in figures:
@@ -202,7 +219,9 @@ def main() -> None:
             print(f"ratio TaskMarket / naive, {case}: {ratio:.2f}x "
                   f"({fmt(ours[case]['total'])} vs {fmt(base[case]['total'])})")  # fmt: skip
     single, per_task = ours["single"]["total"], ours["batch"]["total"]
-    print(f"target: single-validator lifecycle <= {TARGET_SINGLE:,} -> {fmt(single)}, {verdict(single <= TARGET_SINGLE)}")
+    print(
+        f"target: single-validator lifecycle <= {TARGET_SINGLE:,} -> {fmt(single)}, {verdict(single <= TARGET_SINGLE)}"
+    )
     print(f"target: <= {TARGET_BATCH:,}/task in batches of {args.batch} -> {fmt(per_task)}, "
           f"{verdict(per_task <= TARGET_BATCH)}")  # fmt: skip
     floor = 3 * BASE_TX_GAS

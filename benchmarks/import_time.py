@@ -1,6 +1,6 @@
 """What ``%load_ext decloud_magics`` and ``import decloud_magics`` add to a fresh interpreter.
 
-    python benchmarks/import_time.py [--runs 15] [--top 15]
+    python benchmarks/import_time.py [--runs 20] [--top 15]
 
 Each variant runs in a fresh subprocess, the variants taking turns round by
 round; medians over ``--runs`` rounds (after one warm-up round that also
@@ -40,6 +40,7 @@ TARGET = 1.5
 
 def slowest_imports(env: dict[str, str], top: int) -> list[tuple[int, str]]:
     """(cumulative microseconds, module) of the slowest imports of ``%load_ext``, beyond IPython's own."""
+
     def cumulative(code: str) -> dict[str, int]:
         done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], env=env, capture_output=True,
                               text=True, check=True)  # fmt: skip
@@ -59,7 +60,7 @@ def slowest_imports(env: dict[str, str], top: int) -> list[tuple[int, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--top", type=int, default=15, help="slowest imports of %%load_ext to list (0: none)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
@@ -86,8 +87,12 @@ def main() -> None:
     ratio = loaded / shell
     print(f"%load_ext adds {loaded - shell:.1f} ms to IPython's start: "
           f"ratio {ratio:.2f}x of (bare start + IPython's own, {shell:.1f} ms)")  # fmt: skip
-    print(f"import decloud_magics adds {imported - bare:.1f} ms to the bare start: ratio {imported / bare:.2f}x")
-    print(f"target: %load_ext <= {TARGET:g}x (bare start + IPython's own) -> {ratio:.2f}x, {verdict(ratio <= TARGET)}")
+    print(
+        f"import decloud_magics adds {imported - bare:.1f} ms to the bare start: ratio {imported / bare:.2f}x"
+    )
+    print(
+        f"target: %load_ext <= {TARGET:g}x (bare start + IPython's own) -> {ratio:.2f}x, {verdict(ratio <= TARGET)}"
+    )
     if args.top:
         print("slowest imports %load_ext adds (cumulative ms, python -X importtime, one run):")
         for us, name in slowest_imports(env, args.top):

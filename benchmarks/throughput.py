@@ -50,6 +50,29 @@ def _inc(x: int) -> int:
     return x + 1
 
 
+def cpu_seconds(pid: int, children: bool = True) -> float | None:
+    """CPU time of a process (and of its children it has reaped), from /proc; None where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def devnet_processes(handle: _common.DevnetHandle) -> dict[str, int]:
+    """Pids of the devnet's parts (the workers' sandboxes count in their worker once reaped)."""
+    state = handle.devnet.load_state()
+    pids = {"anvil (chain)": state.chain.pid}
+    if state.ipfs is not None:
+        pids["js-ipfs (store)"] = state.ipfs.pid
+    for w in state.workers:
+        if w.process is not None:
+            pids[f"worker-{w.index} + its sandboxes"] = w.process.pid
+    return pids
+
+
 def decloud_batch(handle: _common.DevnetHandle, n: int, batch: int, patience: float) -> dict[str, Any]:
     """Open ``n`` trivial tasks at once on the devnet and follow them to the last completion."""
     from decloud_magics.connection import connect_rpc
@@ -65,10 +88,16 @@ def decloud_batch(handle: _common.DevnetHandle, n: int, batch: int, patience: fl
         _pkg, data = build_task_package(f"value = {i} + 1", {}, outputs=["value"], name=f"bench {i}")
         cids.append(store.put(data))
     packaged = time.perf_counter() - began
-    print(f"packaged and stored {n} tasks in {packaged:.2f} s ({n / packaged:.0f}/s; not part of the rate)", flush=True)
+    print(
+        f"packaged and stored {n} tasks in {packaged:.2f} s ({n / packaged:.0f}/s; not part of the rate)",
+        flush=True,
+    )
 
     follower = market.follow(from_block=market.block_number())
     deadline = market.chain_time() + 3600
+    pids = devnet_processes(handle)
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_before["this process (requester)"] = cpu_seconds(os.getpid(), children=False)
     ids: list[int] = []
     created_at: dict[int, float] = {}  # when the transaction that opened the task was mined
     gas = 0
@@ -102,14 +131,30 @@ def decloud_batch(handle: _common.DevnetHandle, n: int, batch: int, patience: fl
                 claims[task_id] += 1
                 workers[str(event.args["worker"])] += 1
             elif event.name == "ResultSubmitted":
-                results[task_id] = (bytes(event.args["resultCid"]).decode(), bytes(event.args["resultDigest"]))
-            elif event.name in ("TaskCompleted", "TaskFailed", "TaskDisputed", "TaskNotProcessed", "TaskCancelled"):
+                results[task_id] = (
+                    bytes(event.args["resultCid"]).decode(),
+                    bytes(event.args["resultDigest"]),
+                )
+            elif event.name in (
+                "TaskCompleted",
+                "TaskFailed",
+                "TaskDisputed",
+                "TaskNotProcessed",
+                "TaskCancelled",
+            ):
                 ended.setdefault(task_id, (event.name, now))
         if time.monotonic() > next_note:
             print(f"  {len(ended)}/{n} ended after {time.perf_counter() - first_create:.0f} s", flush=True)
             next_note += 10
         time.sleep(0.02)
     follower.close()
+    cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_after["this process (requester)"] = cpu_seconds(os.getpid(), children=False)
+    cpu = {
+        name: cpu_after[name] - before  # type: ignore[operator]
+        for name, before in cpu_before.items()
+        if before is not None and cpu_after.get(name) is not None
+    }
 
     outcomes = collections.Counter(name for name, _ in ended.values())
     last = max((t for _, t in ended.values()), default=time.perf_counter())
@@ -137,6 +182,7 @@ def decloud_batch(handle: _common.DevnetHandle, n: int, batch: int, patience: fl
         "per_worker": dict(workers),
         "checked": checked,
         "create_gas_per_task": gas / n,
+        "cpu": cpu,
     }
 
 
@@ -145,7 +191,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=4, help="devnet workers (one sandbox slot each)")
     parser.add_argument("--batch", type=int, default=100, help="tasks per createTasks transaction")
-    parser.add_argument("--dask-repeat", type=int, default=6, help="dask maps measured (half before, half after)")
+    parser.add_argument(
+        "--dask-repeat", type=int, default=6, help="dask maps measured (half before, half after)"
+    )
     parser.add_argument("--patience", type=float, default=1800, help="seconds to wait for the last task")
     args = parser.parse_args()
     print(f"machine: {machine()}")
@@ -159,7 +207,9 @@ def main() -> None:
             dask_times += [dask_map(dask, args.tasks) for _ in range(args.dask_repeat // 2)]
         ours = decloud_batch(handle, args.tasks, args.batch, args.patience)
         if dask is not None:
-            dask_times += [dask_map(dask, args.tasks) for _ in range(args.dask_repeat - args.dask_repeat // 2)]
+            dask_times += [
+                dask_map(dask, args.tasks) for _ in range(args.dask_repeat - args.dask_repeat // 2)
+            ]
 
     print(f"\n{args.tasks} trivial tasks in flight at once")
     print(f"decloud devnet, {handle.workers} workers: {ours['ended']} ended in {ours['elapsed']:.1f} s "
@@ -167,13 +217,25 @@ def main() -> None:
     print(f"  per task, created -> ended: median {ours['latency_p50']:.1f} s, longest {ours['latency_max']:.1f} s; "
           f"tasks claimed twice: {ours['reclaimed']}; tasks per worker: {sorted(ours['per_worker'].values())}; "
           f"results verified: {ours['checked']}")  # fmt: skip
+    if ours["cpu"]:
+        total = sum(ours["cpu"].values())
+        print(f"  CPU seconds spent from first create to last completion: {total:.1f} "
+              f"({total / max(ours['ended'], 1) * 1000:.0f} ms per task; the machine has {os.cpu_count()} cores "
+              f"= {ours['elapsed'] * (os.cpu_count() or 1):.0f} core-seconds)")  # fmt: skip
+        for name, seconds in sorted(ours["cpu"].items(), key=lambda kv: -kv[1]):
+            print(f"    {name:<34}{seconds:8.1f} s  {seconds / max(ours['ended'], 1) * 1000:6.0f} ms/task")
     if dask_times:
         dask_s = statistics.median(dask_times)
         dask_rate = args.tasks / dask_s
+        half = args.dask_repeat // 2
+        print(f"dask maps, seconds: before {[round(t, 2) for t in dask_times[:half]]}, "
+              f"after {[round(t, 2) for t in dask_times[half:]]}")  # fmt: skip
         print(f"dask client.map + gather, 2 processes: median {dask_s * 1000:.0f} ms of {len(dask_times)} maps "
               f"-> {dask_rate:,.0f} tasks/s")  # fmt: skip
         ratio = ours["rate"] / dask_rate
-        print(f"ratio decloud / dask: {ratio:.4f}x (dask is {1 / ratio:,.0f}x faster)" if ratio else "ratio: 0")
+        print(
+            f"ratio decloud / dask: {ratio:.4f}x (dask is {1 / ratio:,.0f}x faster)" if ratio else "ratio: 0"
+        )
         print(f"target: throughput >= dask map -> {verdict(ratio >= 1)}")
     if ours["ended"] < args.tasks:
         print(f"WARNING: only {ours['ended']} of {args.tasks} tasks ended within {args.patience:g} s")

@@ -18,8 +18,10 @@ refuses any other spelling); ``pubsub/pub`` takes the data as a multipart file
 part that must carry a Content-Type (js-ipfs answers 500 without one);
 ``pubsub/sub`` streams NDJSON, ``{}`` first, then one object per message with
 ``data`` in ``u`` base64url. js-ipfs has pubsub on by default (gossipsub, a
-node's own messages delivered to its own subscribers), even ``--offline``; Kubo
-needs ``--enable-pubsub-experiment`` or ``Pubsub.Enabled``: ``pubsub_available``.
+node's own messages delivered to its own subscribers), even ``--offline``, and
+answers a ``pub`` nobody subscribes to with 500 ``PublishError.InsufficientPeers``
+(no outage: nobody listens). Kubo needs ``--enable-pubsub-experiment`` or
+``Pubsub.Enabled``, which ``pubsub_available`` detects.
 
 A worker never waits: ``publish`` fills a bounded queue that one thread sends,
 dropping when it is full or while the node is down (progress is stale by the
@@ -170,7 +172,8 @@ class IpfsPubsubChannel:
         self.connect_timeout, self.publish_timeout = float(connect_timeout), float(publish_timeout)
         self.idle_timeout = float(idle_timeout)
         self.min_backoff, self.max_backoff = backoff
-        self.counts = {"published": 0, "dropped": 0, "received": 0, "rejected": 0}
+        # "unheard": the node took the message but nobody subscribes to the topic right now.
+        self.counts = {"published": 0, "unheard": 0, "dropped": 0, "received": 0, "rejected": 0}
         self._lock = threading.Lock()
         self._warned: set[str] = set()
         self._outbox: queue.Queue[bytes] = queue.Queue(maxsize=max(1, int(queue_size)))
@@ -188,7 +191,7 @@ class IpfsPubsubChannel:
         """Queue one message and return at once; never raises, drops when the queue is full."""
         try:
             body = encode_message(task_id, kind, data, self.max_message_bytes)
-            if body is None:
+            if body is None or self._closed.is_set():
                 self._count("dropped")
                 return
             self._start_publisher()
@@ -266,14 +269,14 @@ class IpfsPubsubChannel:
                 if time.monotonic() < retry_at:
                     self._count("dropped")  # the node is down: don't make every message wait for a timeout
                     continue
-                self._post_pub(session, body)
+                heard = self._post_pub(session, body)
             except Exception as exc:  # refused, down, or a chain that would not tell its id yet
                 self._count("dropped")
                 retry_at, backoff = time.monotonic() + backoff, min(backoff * 2, self.max_backoff)
                 self._warn_once("publish", "live channel: cannot publish to the IPFS node at %s (%s); live "
                                 "progress is dropped until it answers", self.api_url, _describe(exc))  # fmt: skip
             else:
-                self._count("published")
+                self._count("published" if heard else "unheard")
                 backoff, retry_at = self.min_backoff, 0.0
                 if self._recovered("publish"):
                     log.info("live channel: publishing to the IPFS node at %s again", self.api_url)
@@ -283,7 +286,8 @@ class IpfsPubsubChannel:
                 self._outbox.task_done()
         session.close()
 
-    def _post_pub(self, session: requests.Session, body: bytes) -> None:
+    def _post_pub(self, session: requests.Session, body: bytes) -> bool:
+        """Send one message; False when the node says nobody subscribes, which is no outage."""
         boundary = uuid.uuid4().hex
         payload = b"".join((
             f"--{boundary}\r\n".encode(),
@@ -300,8 +304,14 @@ class IpfsPubsubChannel:
             timeout=(self.connect_timeout, self.publish_timeout),
         )
         with resp:
-            if resp.status_code >= 400:
-                raise RuntimeError(f"HTTP {resp.status_code}: {_node_message(resp)}")
+            if resp.status_code < 400:
+                return True
+            message = _node_message(resp)
+            # js-ipfs (gossipsub) refuses to publish to a topic no peer, not even itself, subscribes
+            # to; Kubo publishes into the void. A worker whose client went away is not an outage.
+            if "InsufficientPeers" in message:
+                return False
+            raise RuntimeError(f"HTTP {resp.status_code}: {message}")
 
     # -- subscribing -------------------------------------------------------------------
 

@@ -286,6 +286,22 @@ def test_unsubscribe_stops_the_reader_and_a_new_subscribe_starts_afresh(
 
 
 @pytest.mark.devnet
+def test_publishing_while_nobody_listens_is_no_outage(
+    node: IpfsNode, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="decloud.channel")
+    publisher = IpfsPubsubChannel(node.api_url, topic)  # a worker whose notebook was closed
+    try:
+        for i in range(5):
+            publisher.publish(6, "stdout", {"line": f"nobody hears {i}"})
+        assert publisher.flush(WAIT)
+        assert publisher.counts["unheard"] + publisher.counts["published"] == 5
+        assert _logged(caplog, "") == []
+    finally:
+        publisher.close()
+
+
+@pytest.mark.devnet
 def test_a_silent_subscription_is_renewed_without_a_word(
     node: IpfsNode, topic: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -55,7 +55,7 @@ ACTOR = PARTIES - 1  # the party that is a contract
 ANYONE = st.integers(min_value=0, max_value=PARTIES - 1)
 # Mostly the party the call is meant for, sometimes anyone else.
 AS_WORKER = st.one_of(st.just(HOLDER), ANYONE)
-AS_CLAIMER = st.one_of(st.just(NEWCOMER), ANYONE)
+AS_CLAIMER = st.one_of(st.just(NEWCOMER), st.just(HOLDER), ANYONE)
 AS_REQUESTER = st.one_of(st.just(REQUESTER), ANYONE)
 TASK = st.integers(min_value=0, max_value=15)
 PRICES = st.sampled_from([1, 3, 10**15 + 1, 10**18])
@@ -495,6 +495,18 @@ class MarketMachine(RuleBasedStateMachine):
     def travel(self, seconds: int) -> None:
         self._tick(seconds)
         self.tester.mine_blocks()
+
+    @precondition(lambda self: any(t.status in LIVE for t in self.tasks.values()))
+    @rule(pick=TASK, edge=st.integers(min_value=0, max_value=3), after=st.booleans())
+    def travel_to_an_edge(self, pick: int, edge: int, after: bool) -> None:
+        """Next call lands exactly on (or one second past) a deadline or lease expiry: off-by-ones live there."""
+        live = [t for t in self.tasks.values() if t.status in LIVE]
+        task = live[pick % len(live)]
+        edges = [task.deadline] + [s.expiry for s in task.seats if s is not None]
+        target = edges[edge % len(edges)] + int(after)
+        if target - 1 > self.now:
+            self._tick(target - 1 - self.now)
+            self.tester.mine_blocks()
 
     # -- invariants ------------------------------------------------------------------
 

@@ -69,7 +69,8 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     try:
         _install_or_skip()
         net = Devnet(TOOLS)
-        net.up(workers=2)
+        # Ports the OS picks: other devnets on this machine (other test modules) prefer the defaults.
+        net.up(workers=2, chain_port=chain_node.pick_port(0), ipfs_port=chain_node.pick_port(0))
         yield net
     finally:
         if net is not None:

@@ -198,8 +198,8 @@ class IpfsPubsubChannel:
             self._outbox.put_nowait(body)
         except queue.Full:
             self._count("dropped")
-            self._warn_once("full", "live channel: more messages than the IPFS node at %s takes; dropping some",
-                            self.api_url)  # fmt: skip
+            self._outage("full", True, "live channel: more messages than the IPFS node at %s takes; "
+                         "dropping some", self.api_url)  # fmt: skip
         except Exception:  # a display channel must never stop a worker
             self._count("dropped")
             log.debug("live channel: could not queue a %r message", kind, exc_info=True)
@@ -258,7 +258,9 @@ class IpfsPubsubChannel:
                 self._publisher.start()
 
     def _publish_loop(self) -> None:
-        session = _session()
+        import requests
+
+        session = requests.Session()
         backoff, retry_at = self.min_backoff, 0.0
         while not self._closed.is_set():
             try:
@@ -273,15 +275,17 @@ class IpfsPubsubChannel:
             except Exception as exc:  # refused, down, or a chain that would not tell its id yet
                 self._count("dropped")
                 retry_at, backoff = time.monotonic() + backoff, min(backoff * 2, self.max_backoff)
-                self._warn_once("publish", "live channel: cannot publish to the IPFS node at %s (%s); live "
-                                "progress is dropped until it answers", self.api_url, _describe(exc))  # fmt: skip
+                self._outage("publish", True, "live channel: cannot publish to the IPFS node at %s (%s); "
+                             "live progress is dropped until it answers", self.api_url, _describe(exc))  # fmt: skip
             else:
                 self._count("published" if heard else "unheard")
                 backoff, retry_at = self.min_backoff, 0.0
-                if self._recovered("publish"):
-                    log.info("live channel: publishing to the IPFS node at %s again", self.api_url)
+                self._outage("publish", False, "live channel: publishing to the IPFS node at %s again",
+                             self.api_url)  # fmt: skip
                 if self._outbox.empty():
-                    self._recovered("full")
+                    self._outage(
+                        "full", False, "live channel: the IPFS node at %s keeps up again", self.api_url
+                    )
             finally:
                 self._outbox.task_done()
         session.close()
@@ -298,7 +302,7 @@ class IpfsPubsubChannel:
         ))  # fmt: skip
         resp = session.post(
             f"{self.api_url}/api/v0/pubsub/pub",
-            params={"arg": multibase_encode(self._resolve_topic().encode())},
+            params={"arg": multibase_encode(self.topic.encode())},
             data=payload,
             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
             timeout=(self.connect_timeout, self.publish_timeout),
@@ -316,7 +320,9 @@ class IpfsPubsubChannel:
     # -- subscribing -------------------------------------------------------------------
 
     def _read_loop(self, reader: _Reader) -> None:
-        session = _session()
+        import requests
+
+        session = requests.Session()
         backoff = self.min_backoff
         try:
             while not reader.stop.is_set():
@@ -339,14 +345,14 @@ class IpfsPubsubChannel:
         try:
             resp = session.post(
                 f"{self.api_url}/api/v0/pubsub/sub",
-                params={"arg": multibase_encode(self._resolve_topic().encode())},
+                params={"arg": multibase_encode(self.topic.encode())},
                 stream=True,
                 timeout=(self.connect_timeout, self.idle_timeout),
             )
         except Exception as exc:  # refused, unresolvable, or a chain that would not tell its id yet
             if not reader.stop.is_set():
-                self._warn_once("subscribe", "live channel: cannot subscribe at the IPFS node at %s (%s); "
-                                "retrying", self.api_url, _describe(exc))  # fmt: skip
+                self._outage("subscribe", True, "live channel: cannot subscribe at the IPFS node at %s (%s); "
+                             "retrying", self.api_url, _describe(exc))  # fmt: skip
             return "failed"
         with self._lock:
             reader.response = resp
@@ -354,12 +360,13 @@ class IpfsPubsubChannel:
             if reader.stop.is_set():  # unsubscribed while connecting: nothing was there to interrupt
                 return "ended"
             if resp.status_code >= 400:
-                self._warn_once("subscribe", "live channel: the IPFS node at %s refused to subscribe (HTTP %s: "
-                                "%s); retrying", self.api_url, resp.status_code, _node_message(resp))  # fmt: skip
+                self._outage("subscribe", True, "live channel: the IPFS node at %s refused to subscribe "
+                             "(HTTP %s: %s); retrying", self.api_url, resp.status_code, _node_message(resp))  # fmt: skip
                 return "failed"
             reader.subscribed.set()
-            if self._recovered("subscribe"):
-                log.info("live channel: subscribed at the IPFS node at %s again", self.api_url)
+            self._outage(
+                "subscribe", False, "live channel: subscribed at the IPFS node at %s again", self.api_url
+            )
             # A message is base64 inside the node's JSON: a third more than the cap, plus the envelope.
             cap = self.max_message_bytes * 4 // 3 + 2048
             for line in _lines(resp.iter_content(chunk_size=None), cap):  # type: ignore[arg-type]
@@ -416,7 +423,9 @@ class IpfsPubsubChannel:
 
     # -- small things ------------------------------------------------------------------
 
-    def _resolve_topic(self) -> str:
+    @property
+    def topic(self) -> str:
+        """The topic; one that comes from the chain is asked for on first use (which may raise)."""
         if self._topic is None:
             assert callable(self._topic_source)
             self._topic = str(self._topic_source())
@@ -426,20 +435,16 @@ class IpfsPubsubChannel:
         with self._lock:
             self.counts[what] += 1
 
-    def _warn_once(self, key: str, message: str, *args: object) -> None:
-        """One warning per outage: a dead node must not fill a worker's log."""
+    def _outage(self, key: str, down: bool, message: str, *args: object) -> None:
+        """Log where an outage starts (a warning) and ends: a dead node must not fill a worker's log."""
         with self._lock:
-            if key in self._warned:
+            if (key in self._warned) == down:
                 return
-            self._warned.add(key)
-        log.warning(message, *args)
-
-    def _recovered(self, key: str) -> bool:
-        with self._lock:
-            if key not in self._warned:
-                return False
-            self._warned.discard(key)
-            return True
+            if down:
+                self._warned.add(key)
+            else:
+                self._warned.discard(key)
+        (log.warning if down else log.info)(message, *args)
 
 
 class _Reader:
@@ -467,14 +472,6 @@ def _lines(chunks: Iterable[bytes], cap: int) -> Iterator[bytes | None]:
             buf, skipping = b"", True
 
 
-def _session() -> requests.Session:
-    import requests
-
-    session = requests.Session()
-    session.headers["User-Agent"] = "decloud-live"
-    return session
-
-
 def _interrupt(resp: requests.Response) -> None:
     """Wake a reader blocked on ``resp``: closing does not wake a ``recv``, a socket shutdown does.
 
@@ -491,12 +488,10 @@ def _interrupt(resp: requests.Response) -> None:
 
 
 def _node_message(resp: requests.Response) -> str:
-    try:
+    with contextlib.suppress(ValueError):
         payload = resp.json()
-    except ValueError:
-        payload = None
-    if isinstance(payload, dict) and isinstance(payload.get("Message"), str):
-        return payload["Message"][:200]
+        if isinstance(payload, dict) and isinstance(payload.get("Message"), str):
+            return payload["Message"][:200]
     return resp.reason or "no message"
 
 

@@ -366,6 +366,12 @@ class Client:
             run = self._by_task.get(task_id)
         if run is None or run.done():
             return
+        # Anyone can publish on a live channel: take only what the task's own
+        # worker says, and only the fields a panel shows (never our timings).
+        sender = str(data.get("worker") or "")
+        if not run.worker or sender.lower() != run.worker.lower():
+            return
+        data = {"worker": run.worker, "line": str(data.get("line", ""))[:4096]}
         if kind == "running" and run.status == Status.CLAIMED:
             run._emit(EventKind.RUNNING, message="running in the worker's sandbox", data=data)
         elif kind == "stdout":

@@ -393,7 +393,7 @@ def _connect(ipfs_api: str, chain_id: int | None = 31337):  # type: ignore[no-un
 def test_connect_rpc_uses_the_nodes_pubsub_on_the_markets_topic(node: IpfsNode) -> None:
     conn = _connect(node.api_url)
     assert isinstance(conn.channel, IpfsPubsubChannel)
-    assert conn.channel._resolve_topic() == market_topic(31337, "0x" + "ab" * 20)
+    assert conn.channel.topic == market_topic(31337, "0x" + "ab" * 20)
     lazy = _connect(node.api_url, chain_id=None).channel
     assert isinstance(lazy, IpfsPubsubChannel) and lazy._topic is None  # asked of the chain only when used
 

@@ -332,6 +332,23 @@ class MarketMachine(RuleBasedStateMachine):
         if self._run(sender, "submitResult", [task_id, digest, CID], 0, model):
             assert was_holder, "a submission was accepted from an account without a seat"
 
+    def _cancel(self, task_id: int, sender: str) -> None:
+        def model() -> None:
+            task = self._requester(task_id, sender)
+            if task.status == CLAIMED:
+                raise Refused("SeatsHeld")
+            if task.status != OPEN:
+                raise Refused("TaskNotOpen")
+            if any(s is not None and (s.submitted or s.expiry >= self.now) for s in task.seats):
+                raise Refused("SeatsHeld")
+            task.status = CANCELLED
+            task.seats = [None] * task.validators
+            self._pay(sender, task.price)
+            self.touched[task_id] = True
+
+        if self._run(sender, "cancel", [task_id], 0, model):
+            assert self.tasks[task_id].requester == sender
+
     # -- rules -------------------------------------------------------------------
 
     @initialize(
@@ -355,10 +372,17 @@ class MarketMachine(RuleBasedStateMachine):
         self._create(self.parties[who], price, validators, lease, window, count)
 
     @precondition(lambda self: self.tasks)
-    @rule(pick=TASK, who=AS_CLAIMER)
-    def claim(self, pick: int, who: int) -> None:
+    @rule(pick=TASK, who=AS_CLAIMER, then=st.sampled_from(["nothing", "claim again", "requester cancels"]))
+    def claim(self, pick: int, who: int, then: str) -> None:
+        """A claim, sometimes followed at once by a call that a fresh seat must block."""
         task_id = self._task_id(pick)
-        self._claim(task_id, self._who(who, task_id))
+        worker = self._who(who, task_id)
+        if not self._claim(task_id, worker) or then == "nothing":
+            return
+        if then == "claim again":
+            self._claim(task_id, worker)
+        else:
+            self._cancel(task_id, self.tasks[task_id].requester)
 
     @precondition(lambda self: self.tasks)
     @rule(pick=TASK, who=AS_WORKER, digest=DIGESTS)
@@ -430,23 +454,7 @@ class MarketMachine(RuleBasedStateMachine):
     @rule(pick=TASK, who=AS_REQUESTER)
     def cancel(self, pick: int, who: int) -> None:
         task_id = self._task_id(pick)
-        sender = self._who(who, task_id)
-
-        def model() -> None:
-            task = self._requester(task_id, sender)
-            if task.status == CLAIMED:
-                raise Refused("SeatsHeld")
-            if task.status != OPEN:
-                raise Refused("TaskNotOpen")
-            if any(s is not None and (s.submitted or s.expiry >= self.now) for s in task.seats):
-                raise Refused("SeatsHeld")
-            task.status = CANCELLED
-            task.seats = [None] * task.validators
-            self._pay(sender, task.price)
-            self.touched[task_id] = True
-
-        if self._run(sender, "cancel", [task_id], 0, model):
-            assert self.tasks[task_id].requester == sender
+        self._cancel(task_id, self._who(who, task_id))
 
     @precondition(lambda self: self.tasks)
     @rule(pick=TASK, who=AS_REQUESTER)

@@ -55,7 +55,7 @@ def test_workers_and_the_client_talk_over_the_devnets_ipfs_pubsub(devnet: Devnet
     assert state is not None
     channel = client.conn.channel
     assert isinstance(channel, IpfsPubsubChannel) and channel.api_url == state.ipfs_api
-    assert channel._resolve_topic() == market_topic(state.chain_id, state.contract)
+    assert channel.topic == market_topic(state.chain_id, state.contract)
     assert channel.wait_subscribed(60), "the client never got a subscription at the devnet's IPFS node"
     for worker in state.workers:
         log = Path(worker.log).read_text(errors="replace")

@@ -120,3 +120,18 @@ def _pool_workers():  # type: ignore[no-untyped-def]
     from decloud_magics.connection import local_network
 
     return local_network().pool.workers
+
+
+def test_live_lines_from_anyone_but_the_tasks_worker_are_ignored(client):
+    run = client.submit("import time\ntime.sleep(1.5)\nlate = 1", timeout=30)
+    for _ in range(200):
+        if run.worker:
+            break
+        run._done.wait(0.05)
+    client._on_live_message(run.task_id, "stdout", {"worker": "0x" + "ee" * 20, "line": "spoofed"})
+    client._on_live_message(run.task_id, "stdout", {"worker": run.worker, "line": "genuine", "elapsed_s": -1})
+    run.wait(60)
+    lines = [e.message for e in run.events if e.kind == EventKind.STDOUT]
+    assert "spoofed" not in lines and "genuine" in lines
+    genuine = next(e for e in run.events if e.message == "genuine")
+    assert genuine.data["elapsed_s"] >= 0

@@ -140,6 +140,26 @@ def _running_devnet(min_workers: int) -> DevnetHandle | None:
     return DevnetHandle(net, key, alive, started_here=False, home=str(decloud_home()))
 
 
+def _up(net: Any, workers: int, attempts: int = 2) -> None:
+    """``net.up`` on ports the OS picks, once more on failure.
+
+    Other devnets on the machine default to the same ports (8545, 5001), and a
+    port found free can be taken before our node binds it.
+    """
+    from decloud_magics.devnet.chain_node import pick_port
+    from decloud_magics.errors import DecloudError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            net.up(workers=workers, chain_port=pick_port(0), ipfs_port=pick_port(0))
+            return
+        except DecloudError as exc:
+            if attempt == attempts:
+                raise
+            print(f"devnet up failed ({str(exc).splitlines()[0]}); trying again on other ports")
+            net.down(grace=5)
+
+
 @contextlib.contextmanager
 def devnet(workers: int, reuse: bool = True) -> Iterator[DevnetHandle]:
     """A devnet with ``workers`` workers for the length of the block.
@@ -165,7 +185,7 @@ def devnet(workers: int, reuse: bool = True) -> Iterator[DevnetHandle]:
     net = Devnet(TOOLS)
     try:
         began = time.perf_counter()
-        net.up(workers=workers)
+        _up(net, workers)
         print(f"devnet up in {home}: anvil, js-ipfs, {workers} workers ({time.perf_counter() - began:.1f} s)")
         yield DevnetHandle(
             net, load_key_file(net.requester_key_file()), workers, started_here=True, home=home

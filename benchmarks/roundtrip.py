@@ -14,7 +14,8 @@ stage), and the gas of one task's lifecycle.
 ``--network devnet`` uses the devnet already running in DECLOUD_HOME when
 there is one; otherwise it brings one up (anvil, js-ipfs, ``--devnet-workers``
 workers, tools from ``.tools``) in a temporary DECLOUD_HOME and tears it down
-at the end. ``local`` always runs in a temporary DECLOUD_HOME unless one is set.
+at the end (a devnet found running is used as it is, and its ledger gets the
+runs). ``local`` always runs in a temporary DECLOUD_HOME unless one is set.
 """
 
 from __future__ import annotations

@@ -95,6 +95,7 @@ class Client:
         self._lock = threading.RLock()
         self._closed = threading.Event()
         self._next_deadline_check = 0.0
+        self._seen_logs: set[tuple[str, int]] = set()
         self._follower = self.conn.market.follow(from_block=self.conn.market.block_number())
         self._unsubscribe = self.conn.channel.subscribe(self._on_live)
         self._watcher = threading.Thread(target=self._watch, name="decloud-client-watcher", daemon=True)
@@ -338,6 +339,11 @@ class Client:
                 if event.name != "TaskCreated":
                     self._orphans[task_id].append(event)  # our create call has not returned yet
                 return
+            # a re-attach replays past logs while the follower already sees new ones: handle each once
+            key = (event.tx_hash, event.log_index)
+            if key in self._seen_logs:
+                return
+            self._seen_logs.add(key)
         where = {"block": event.block, "tx_hash": event.tx_hash}
         a = event.args
         if event.name == "TaskClaimed":

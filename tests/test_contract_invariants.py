@@ -349,6 +349,21 @@ class MarketMachine(RuleBasedStateMachine):
         if self._run(sender, "cancel", [task_id], 0, model):
             assert self.tasks[task_id].requester == sender
 
+    def _reclaim(self, task_id: int, sender: str) -> None:
+        def model() -> None:
+            task = self._requester(task_id, sender)
+            if task.status not in LIVE:
+                raise Refused("TaskNotOpen")
+            if self.now <= task.deadline:
+                raise Refused("DeadlineNotPassed")
+            task.status = NOT_PROCESSED
+            task.seats, task.agreed = [None] * task.validators, None
+            self._pay(sender, task.price)
+            self.touched[task_id] = True
+
+        if self._run(sender, "reclaim", [task_id], 0, model):
+            assert self.tasks[task_id].requester == sender
+
     # -- rules -------------------------------------------------------------------
 
     @initialize(
@@ -460,21 +475,7 @@ class MarketMachine(RuleBasedStateMachine):
     @rule(pick=TASK, who=AS_REQUESTER)
     def reclaim(self, pick: int, who: int) -> None:
         task_id = self._task_id(pick)
-        sender = self._who(who, task_id)
-
-        def model() -> None:
-            task = self._requester(task_id, sender)
-            if task.status not in LIVE:
-                raise Refused("TaskNotOpen")
-            if self.now <= task.deadline:
-                raise Refused("DeadlineNotPassed")
-            task.status = NOT_PROCESSED
-            task.seats, task.agreed = [None] * task.validators, None
-            self._pay(sender, task.price)
-            self.touched[task_id] = True
-
-        if self._run(sender, "reclaim", [task_id], 0, model):
-            assert self.tasks[task_id].requester == sender
+        self._reclaim(task_id, self._who(who, task_id))
 
     @rule(who=st.one_of(st.just(ACTOR), ANYONE))
     def withdraw(self, who: int) -> None:
@@ -505,16 +506,31 @@ class MarketMachine(RuleBasedStateMachine):
         self.tester.mine_blocks()
 
     @precondition(lambda self: any(t.status in LIVE for t in self.tasks.values()))
-    @rule(pick=TASK, edge=st.integers(min_value=0, max_value=3), after=st.booleans())
-    def travel_to_an_edge(self, pick: int, edge: int, after: bool) -> None:
-        """Next call lands exactly on (or one second past) a deadline or lease expiry: off-by-ones live there."""
-        live = [t for t in self.tasks.values() if t.status in LIVE]
-        task = live[pick % len(live)]
+    @rule(
+        pick=TASK,
+        edge=st.integers(min_value=0, max_value=3),
+        after=st.booleans(),
+        then=st.sampled_from(["claim", "submit", "reclaim", "cancel"]),
+        digest=DIGESTS,
+    )
+    def act_on_an_edge(self, pick: int, edge: int, after: bool, then: str, digest: bytes) -> None:
+        """A call landing exactly on (or one second past) a deadline or lease expiry: off-by-ones live there."""
+        live = [i for i, t in self.tasks.items() if t.status in LIVE]
+        task_id = live[pick % len(live)]
+        task = self.tasks[task_id]
         edges = [task.deadline] + [s.expiry for s in task.seats if s is not None]
         target = edges[edge % len(edges)] + int(after)
         if target - 1 > self.now:
             self._tick(target - 1 - self.now)
             self.tester.mine_blocks()
+        if then == "claim":
+            self._claim(task_id, self._who(NEWCOMER, task_id))
+        elif then == "submit":
+            self._submit(task_id, self._who(HOLDER, task_id), digest)
+        elif then == "reclaim":
+            self._reclaim(task_id, task.requester)
+        else:
+            self._cancel(task_id, task.requester)
 
     # -- invariants ------------------------------------------------------------------
 

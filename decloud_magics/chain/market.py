@@ -340,7 +340,14 @@ class Market:
                     tx_hash = fn.transact(options)
                     receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.01)
                 else:
-                    tx_hash = self._send_signed(fn, value, gas)
+                    try:
+                        tx_hash = self._send_signed(fn, value, gas)
+                    except Exception as first:
+                        if "nonce" not in str(first).lower():
+                            raise
+                        # another process (a second kernel) sent from this account: recount, retry once
+                        self._nonce = None
+                        tx_hash = self._send_signed(fn, value, gas)
             except Exception as exc:
                 self._nonce = None  # a refused transaction may leave our count wrong: re-read it
                 raise self._explain(exc, fn, value) from None

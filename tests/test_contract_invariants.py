@@ -118,7 +118,7 @@ class MarketMachine(RuleBasedStateMachine):
         super().__init__()
         self.w3 = Web3(EthereumTesterProvider())
         self.tester = self.w3.provider.ethereum_tester  # type: ignore[attr-defined]
-        accounts = list(self.w3.eth.accounts)
+        accounts: list[Any] = list(self.w3.eth.accounts)
         self.operator = accounts[9]
         artifact = json.loads(ARTIFACT.read_text())
         factory = self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
@@ -126,7 +126,9 @@ class MarketMachine(RuleBasedStateMachine):
         self.market = self.w3.eth.contract(address=address, abi=artifact["abi"])
         helper = json.loads(HELPERS.read_text())["contracts"]["MarketActor"]
         factory = self.w3.eth.contract(abi=helper["abi"], bytecode=helper["bytecode"])
-        self.actor = self.w3.eth.contract(address=self._deploy(factory.constructor(address)), abi=helper["abi"])
+        self.actor = self.w3.eth.contract(
+            address=self._deploy(factory.constructor(address)), abi=helper["abi"]
+        )
         self.parties = accounts[: PARTIES - 1] + [self.actor.address]
         self.errors = {
             bytes(self.w3.keccak(text=f"{item['name']}()"))[:4]: item["name"]
@@ -145,9 +147,9 @@ class MarketMachine(RuleBasedStateMachine):
         # Tasks changed by the last step -> whether their seats changed too.
         self.touched: dict[int, bool] = {}
 
-    def _deploy(self, constructor: Any) -> str:
-        tx_hash = constructor.transact({"from": self.w3.eth.accounts[9]})
-        return str(self.w3.eth.get_transaction_receipt(tx_hash)["contractAddress"])
+    def _deploy(self, constructor: Any) -> Any:
+        tx_hash = constructor.transact({"from": self.operator})
+        return self.w3.eth.get_transaction_receipt(tx_hash)["contractAddress"]
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -192,6 +194,7 @@ class MarketMachine(RuleBasedStateMachine):
         Returns whether the call went through.
         """
         self._tick()
+        origin: Any
         if sender == self.actor.address:
             data = self.market.encode_abi(name, args=args)
             fn, origin = self.actor.functions.act(bytes.fromhex(data[2:])), self.operator
@@ -217,7 +220,9 @@ class MarketMachine(RuleBasedStateMachine):
             return False
         # The model expects success: a revert mines with status 0 and fails below.
         receipt = self.w3.eth.get_transaction_receipt(fn.transact({**params, "gas": TX_GAS}))
-        assert receipt["status"] == 1, f"{name}{tuple(args)} from {sender}: chain reverted, model expected success"
+        assert receipt["status"] == 1, (
+            f"{name}{tuple(args)} from {sender}: chain reverted, model expected success"
+        )
         self.balances[origin] -= int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"]) + value
         for event in TERMINAL_EVENTS:
             for log in self.market.events[event]().process_receipt(receipt, errors=DISCARD):
@@ -258,11 +263,19 @@ class MarketMachine(RuleBasedStateMachine):
         def model() -> None:
             first = len(self.tasks) + 1
             for i in range(count):
-                self.tasks[first + i] = Task(sender, price, deadline, lease, validators, seats=[None] * validators)
+                self.tasks[first + i] = Task(
+                    sender, price, deadline, lease, validators, seats=[None] * validators
+                )
                 self.touched[first + i] = False
 
         if count > 1:
-            self._run(sender, "createTasks", [[CID] * count, 60, lease, deadline, validators, 1, 256], price * count, model)
+            self._run(
+                sender,
+                "createTasks",
+                [[CID] * count, 60, lease, deadline, validators, 1, 256],
+                price * count,
+                model,
+            )
         else:
             self._run(sender, "createTask", [CID, 60, lease, deadline, validators, 1, 256], price, model)
 
@@ -275,7 +288,9 @@ class MarketMachine(RuleBasedStateMachine):
             if any(s is not None and s.worker == sender for s in task.seats):
                 raise Refused("AlreadySeated")
             free = [i for i, s in enumerate(task.seats) if s is None]
-            stale = [i for i, s in enumerate(task.seats) if s is not None and not s.submitted and s.expiry < now]
+            stale = [
+                i for i, s in enumerate(task.seats) if s is not None and not s.submitted and s.expiry < now
+            ]
             if free:
                 seat = free[0]
                 task.seats_taken += 1
@@ -515,10 +530,14 @@ class MarketMachine(RuleBasedStateMachine):
     )
     def act_on_an_edge(self, pick: int, edge: int, after: bool, then: str, digest: bytes) -> None:
         """A call landing exactly on (or one second past) a deadline or lease expiry: off-by-ones live there."""
+        # Tasks with leases are where the edges matter most, full ones most of all.
         live = [i for i, t in self.tasks.items() if t.status in LIVE]
-        task_id = live[pick % len(live)]
+        seated = [i for i in live if any(self.tasks[i].seats)]
+        full = [i for i in seated if self.tasks[i].status == CLAIMED]
+        pool = full or seated or live
+        task_id = pool[pick % len(pool)]
         task = self.tasks[task_id]
-        edges = [task.deadline] + [s.expiry for s in task.seats if s is not None]
+        edges = [s.expiry for s in task.seats if s is not None] + [task.deadline]
         target = edges[edge % len(edges)] + int(after)
         if target - 1 > self.now:
             self._tick(target - 1 - self.now)
@@ -539,7 +558,9 @@ class MarketMachine(RuleBasedStateMachine):
         live = sum(t.price for t in self.tasks.values() if t.status in LIVE)
         held = int(self.w3.eth.get_balance(self.market.address))
         assert held == live + sum(self.owed.values())
-        assert int(self._view(self.market.functions.owed(self.actor.address))) == self.owed[self.actor.address]
+        assert (
+            int(self._view(self.market.functions.owed(self.actor.address))) == self.owed[self.actor.address]
+        )
 
     @invariant()
     def everyone_was_paid_exactly_what_the_model_says(self) -> None:

@@ -66,6 +66,10 @@ ERROR_SENTENCES = {
     "NoSuchTask": "there is no task with this id",
     "EmptyBatch": "a batch needs at least one task",
     "UnevenBatchValue": "the value sent must split evenly across the batch",
+    "EmptyInputCid": "a task needs the CID of its input package",
+    "BatchTooLarge": "a batch may hold at most 16,777,215 tasks",
+    "NoSuchSeat": "the task has no seat with this number",
+    "TransferFailed": "the payment could not be sent; it stays owed and can be withdrawn later",
 }
 
 

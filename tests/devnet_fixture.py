@@ -1,10 +1,8 @@
 """A private devnet for one test module: its own DECLOUD_HOME and ports the OS picks.
 
-The same steps as the fixture of ``test_devnet.py`` (install the tools once or
-skip loudly, ``Devnet.up``, ``down`` and restore the environment), except that
-the chain and the IPFS node never take the default ports, so this devnet, the
-one of ``test_devnet.py`` and the IPFS nodes of other test modules can run at
-the same time on one machine.
+Install the tools once or skip loudly, ``Devnet.up``, ``down`` and restore the
+environment. By default the chain and the IPFS node take ports the OS picks, so
+devnets of several test modules and other IPFS nodes can run at once.
 """
 
 from __future__ import annotations
@@ -43,8 +41,12 @@ def install_or_skip(tools: Path = TOOLS) -> None:
 
 
 @contextlib.contextmanager
-def private_devnet(home: Path, workers: int, tools: Path = TOOLS) -> Iterator[Devnet]:
-    """A running devnet in ``home`` with ``workers`` workers; everything stops on exit."""
+def private_devnet(home: Path, workers: int, tools: Path = TOOLS, pick_ports: bool = True) -> Iterator[Devnet]:
+    """A running devnet in ``home`` with ``workers`` workers; everything stops on exit.
+
+    ``pick_ports`` takes ports the OS picks, so several devnets can run at once;
+    without it the devnet prefers the default ports, as a user's does.
+    """
     saved = {name: os.environ.get(name) for name in ("DECLOUD_HOME", "DECLOUD_TOOLS")}
     os.environ["DECLOUD_HOME"] = str(home)
     os.environ["DECLOUD_TOOLS"] = str(tools)
@@ -52,7 +54,10 @@ def private_devnet(home: Path, workers: int, tools: Path = TOOLS) -> Iterator[De
     try:
         install_or_skip(tools)
         net = Devnet(tools)
-        net.up(workers=workers, chain_port=chain_node.pick_port(0), ipfs_port=chain_node.pick_port(0))
+        if pick_ports:
+            net.up(workers=workers, chain_port=chain_node.pick_port(0), ipfs_port=chain_node.pick_port(0))
+        else:
+            net.up(workers=workers)
         yield net
     finally:
         if net is not None:

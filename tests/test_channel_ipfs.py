@@ -18,10 +18,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
+from ipfs_fixture import running_node
 
 from decloud_magics.channel import NullChannel
 from decloud_magics.channel_ipfs import (
@@ -35,10 +35,8 @@ from decloud_magics.channel_ipfs import (
     multibase_encode,
     pubsub_available,
 )
-from decloud_magics.devnet.ipfs_node import IpfsNode, install_command, install_hint, ipfs_installed
+from decloud_magics.devnet.ipfs_node import IpfsNode
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = Path(os.environ.get("DECLOUD_TOOLS") or ROOT / ".tools")
 WAIT = 30.0  # seconds any single delivery may take before a test gives up
 
 Message = tuple[int, str, dict[str, Any]]
@@ -123,19 +121,7 @@ def test_an_overlong_line_in_the_stream_is_skipped_without_being_kept() -> None:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpfsNode]:
-    if not ipfs_installed(TOOLS):
-        pytest.skip(
-            f"JS-IPFS IS NOT INSTALLED in {TOOLS}: the IPFS pubsub channel tests did NOT run. Install it once "
-            f"(about 3 minutes, runs `{' '.join(install_command(TOOLS))}`) with: {install_hint(TOOLS)}  "
-            "(set DECLOUD_TOOLS to use another folder)."
-        )
-    # Ports of its own (free ones the OS picks), so it never meets the devnet's or the store tests' node.
-    n = IpfsNode(tmp_path_factory.mktemp("ipfs-pubsub-repo"), tools_dir=TOOLS)
-    n.start(timeout=120)
-    try:
-        yield n
-    finally:
-        n.stop()
+    yield from running_node(tmp_path_factory.mktemp("ipfs-pubsub-repo"), "IPFS pubsub channel tests")
 
 
 @pytest.fixture

@@ -17,58 +17,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from devnet_fixture import TOOLS, private_devnet
 
 from decloud_magics.devnet import chain_node
 from decloud_magics.devnet.cli import devnet_status
-from decloud_magics.devnet.ipfs_node import ensure_ipfs_installed, install_hint
 from decloud_magics.devnet.manager import Devnet, _descendants
-from decloud_magics.errors import ConfigError, NetworkUnreachable
+from decloud_magics.errors import NetworkUnreachable
 from decloud_magics.models import EventKind
 
 pytestmark = pytest.mark.devnet
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = Path(os.environ.get("DECLOUD_TOOLS") or ROOT / ".tools").absolute()
 PRICE = "0.01ether"  # well above the gas of a claim and a submit, so a paid worker's balance rises
-
-
-def _install_or_skip() -> None:
-    for what, install, command in (
-        (
-            "anvil (the chain node)",
-            chain_node.ensure_anvil_installed,
-            " ".join(chain_node.anvil_install_command(TOOLS)),
-        ),
-        ("js-ipfs (the IPFS node)", ensure_ipfs_installed, install_hint(TOOLS)),
-    ):
-        try:
-            install(TOOLS, lambda msg: print(msg, file=sys.stderr))
-        except ConfigError as exc:
-            pytest.skip(
-                f"DEVNET TESTS DID NOT RUN: installing {what} into {TOOLS} failed: {exc}\n"
-                f"Fix that, then install it with: {command}   (or DECLOUD_TOOLS={TOOLS} decloud devnet up)"
-            )
 
 
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    saved = {name: os.environ.get(name) for name in ("DECLOUD_HOME", "DECLOUD_TOOLS")}
-    os.environ["DECLOUD_HOME"] = str(tmp_path_factory.mktemp("devnet-home"))
-    os.environ["DECLOUD_TOOLS"] = str(TOOLS)
-    net: Devnet | None = None
-    try:
-        _install_or_skip()
-        net = Devnet(TOOLS)
-        net.up(workers=3)
+    with private_devnet(tmp_path_factory.mktemp("devnet-home"), workers=3, pick_ports=False) as net:
         yield net
-    finally:
-        if net is not None:
-            net.down(grace=5)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")

@@ -15,20 +15,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from ipfs_fixture import TOOLS, running_node
 
 from decloud_magics.devnet.ipfs_node import (
     IpfsNode,
     ensure_ipfs_installed,
-    install_command,
-    install_hint,
-    ipfs_installed,
 )
 from decloud_magics.errors import ConfigError, ContentNotFound, IntegrityError, NetworkUnreachable, StoreError
 from decloud_magics.store import KuboStore, cid_for, parse_cid, verify
 from decloud_magics.store.cid import DAG_PB
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = Path(os.environ.get("DECLOUD_TOOLS") or ROOT / ".tools")
 MiB = 1024 * 1024
 
 
@@ -37,18 +33,7 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpfsNode]:
-    if not ipfs_installed(TOOLS):
-        pytest.skip(
-            f"JS-IPFS IS NOT INSTALLED in {TOOLS}: the real IPFS node tests did NOT run. Install it once "
-            f"(about 3 minutes, runs `{' '.join(install_command(TOOLS))}`) with: {install_hint(TOOLS)}  "
-            "(set DECLOUD_TOOLS to use another folder)."
-        )
-    n = IpfsNode(tmp_path_factory.mktemp("ipfs-repo"), tools_dir=TOOLS)
-    n.start(timeout=120)
-    try:
-        yield n
-    finally:
-        n.stop()
+    yield from running_node(tmp_path_factory.mktemp("ipfs-repo"), "real IPFS node tests")
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import queue
 import re
 import secrets
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,17 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devnet_fixture import ROOT, private_devnet
 
 from decloud_magics.devnet import chain_node
-from decloud_magics.devnet.ipfs_node import ensure_ipfs_installed, install_hint
 from decloud_magics.devnet.manager import Devnet
-from decloud_magics.errors import ConfigError
 from decloud_magics.ledger import Ledger
 
 pytestmark = pytest.mark.devnet
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = Path(os.environ.get("DECLOUD_TOOLS") or ROOT / ".tools").absolute()
 RUN_ID = re.compile(r"\[decloud ([0-9a-f]{12})\]")
 CELL_TIMEOUT = 180.0  # one cell, including a synchronous run on the devnet
 LANDING_TIMEOUT = 120.0  # from submission to the value bound in the kernel
@@ -45,41 +41,10 @@ LANDING_TIMEOUT = 120.0  # from submission to the value bound in the kernel
 # -- the devnet -------------------------------------------------------------------------
 
 
-def _install_or_skip() -> None:
-    for what, install, command in (
-        ("anvil (the chain node)", chain_node.ensure_anvil_installed,
-         " ".join(chain_node.anvil_install_command(TOOLS))),
-        ("js-ipfs (the IPFS node)", ensure_ipfs_installed, install_hint(TOOLS)),
-    ):  # fmt: skip
-        try:
-            install(TOOLS, lambda msg: print(msg, file=sys.stderr))
-        except ConfigError as exc:
-            pytest.skip(
-                f"RECOVERY TESTS DID NOT RUN: installing {what} into {TOOLS} failed: {exc}\n"
-                f"Fix that, then install it with: {command}   (or DECLOUD_TOOLS={TOOLS} decloud devnet up)"
-            )
-
-
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    saved = {name: os.environ.get(name) for name in ("DECLOUD_HOME", "DECLOUD_TOOLS")}
-    os.environ["DECLOUD_HOME"] = str(tmp_path_factory.mktemp("recovery-home"))
-    os.environ["DECLOUD_TOOLS"] = str(TOOLS)
-    net: Devnet | None = None
-    try:
-        _install_or_skip()
-        net = Devnet(TOOLS)
-        # Ports the OS picks: other devnets on this machine (other test modules) prefer the defaults.
-        net.up(workers=2, chain_port=chain_node.pick_port(0), ipfs_port=chain_node.pick_port(0))
+    with private_devnet(tmp_path_factory.mktemp("recovery-home"), workers=2) as net:
         yield net
-    finally:
-        if net is not None:
-            net.down(grace=5)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")

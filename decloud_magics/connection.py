@@ -10,8 +10,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .channel import LiveChannel, LocalChannel, NullChannel
 from .chain.market import Market
+from .channel import LiveChannel, LocalChannel, NullChannel
 from .errors import ConfigError
 from .keys import PrivateKey, load_key_file, load_private_key
 from .networks import NetworkConfig

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
+
 class PrivateKey:
     """A key that refuses to be printed; ``.reveal()`` is the one way to the bytes."""
 

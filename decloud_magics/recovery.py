@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .chain.market import ChainStatus
 from .errors import ChainError, DecloudError, UsageError
 from .models import Status, utcnow
+from .processes import pid_alive
 from .run import Result, Run
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def close_orphaned_local_runs(ledger: Ledger) -> list[str]:
     closed = []
     for record in ledger.runs_in_flight("local"):
         pid = record.options.get("pid")
-        if isinstance(pid, int) and _alive(pid):
+        if isinstance(pid, int) and pid_alive(pid):
             continue  # another kernel on this machine still follows it
         ledger.update_run(
             record.run_id, status=Status.FAILED.value, completed_at=utcnow(),
@@ -66,22 +67,7 @@ def close_orphaned_local_runs(ledger: Ledger) -> list[str]:
 def _followed_elsewhere(record: RunRecord) -> bool:
     """The process that submitted the run is another one, still running."""
     pid = record.options.get("pid")
-    return isinstance(pid, int) and pid != os.getpid() and _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A killed kernel its parent has not reaped yet still answers kill(pid, 0), but it is gone.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): trust kill()
+    return isinstance(pid, int) and pid != os.getpid() and pid_alive(pid)
 
 
 def _rebuild(client: Client, record: RunRecord) -> Run:

@@ -16,8 +16,6 @@ from a seat holder (the requester).
 
 from __future__ import annotations
 
-import ast
-import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ import eth  # noqa: F401
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from test_contract import revert_data
 from web3 import EthereumTesterProvider, Web3
 from web3.logs import DISCARD
 
@@ -93,24 +92,6 @@ class Task:
     submitted: int = 0
     agreed: bytes | None = None
     seats: list[Seat | None] = field(default_factory=list)
-
-
-def revert_data(exc: BaseException) -> bytes | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        data = getattr(seen, "data", None)
-        if isinstance(data, str) and data.startswith("0x"):
-            return bytes.fromhex(data[2:])
-        for arg in getattr(seen, "args", ()):
-            if isinstance(arg, (bytes, bytearray)):
-                return bytes(arg)
-            if isinstance(arg, str) and "execution reverted: b" in arg:
-                with contextlib.suppress(ValueError, SyntaxError):
-                    value = ast.literal_eval(arg.split("execution reverted: ", 1)[1])
-                    if isinstance(value, bytes):
-                        return value
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 class MarketMachine(RuleBasedStateMachine):

@@ -28,6 +28,7 @@ from typing import Protocol
 
 from ..errors import ConfigError, NetworkUnreachable
 from ..paths import decloud_home
+from ..processes import pid_alive
 from . import chain_node
 from .ipfs_node import IpfsNode, default_tools_dir, ensure_ipfs_installed, install_hint, ipfs_installed
 
@@ -69,7 +70,7 @@ class ProcessInfo:
         return cls(pid, _start_ticks(pid))
 
     def alive(self) -> bool:
-        return _alive(self.pid) and _start_ticks(self.pid) in (None, self.start)
+        return pid_alive(self.pid) and _start_ticks(self.pid) in (None, self.start)
 
 
 @dataclass
@@ -416,7 +417,7 @@ class Devnet:
     def _reap(self) -> None:
         """Collect our children that ended: until then they are zombies, which ``kill(pid, 0)`` still finds."""
         for child in list(self._children):
-            if child.poll() is None and not _alive(child.pid):
+            if child.poll() is None and not pid_alive(child.pid):
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(timeout=1)  # a zombie: the wait returns at once
             if child.returncode is not None:
@@ -481,16 +482,6 @@ def _start_ticks(pid: int) -> int | None:
     return int(stat[19]) if stat else None
 
 
-def _alive(pid: int) -> bool:
-    """Running, and not merely a zombie waiting for a parent that is not us to reap it."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = _proc_stat(pid)
-    return stat is None or stat[0] != "Z"
 
 
 def _descendants(pid: int) -> list[int]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from ..channel import LiveChannel
 from ..chain.embedded import EmbeddedChain
+from ..channel import LiveChannel
 from ..store.base import Store
 from .service import Worker, WorkerPolicy
 

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..channel import LiveChannel, NullChannel
 from ..chain.market import ChainStatus, Market, MarketEvent
+from ..channel import LiveChannel, NullChannel
 from ..errors import DecloudError
 from ..store.base import Store
 

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -91,6 +91,9 @@ class Client:
         self.runs: dict[str, Run] = {}
         self._by_task: dict[int, Run] = {}
         self._orphans: dict[int, list[MarketEvent]] = defaultdict(list)
+        # "running" said about a task whose create call has not returned yet (a worker
+        # that needs no claim starts at once); bounded, since a shared channel carries anyone's tasks
+        self._early_running: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._live: queue.SimpleQueue[tuple[int, str, dict[str, Any]]] = queue.SimpleQueue()
         self._lock = threading.RLock()
         self._closed = threading.Event()
@@ -186,6 +189,7 @@ class Client:
             self._fail_before_chain(run, exc)
             raise
         run.task_id = task_id
+        run.validators = validators
         run.gas_used += outcome.gas_used
         run.gas_cost_wei += outcome.gas_cost_wei
         self.ledger.update_run(
@@ -202,8 +206,11 @@ class Client:
         with self._lock:
             self._by_task[task_id] = run
             early = self._orphans.pop(task_id, [])
+            said = self._early_running.pop(task_id, None)
         for event in early:
             self._on_chain_event(event)
+        if said is not None:
+            self._on_live_message(task_id, "running", said)
         self.conn.wake.set()
         return run
 
@@ -347,17 +354,19 @@ class Client:
         where = {"block": event.block, "tx_hash": event.tx_hash}
         a = event.args
         if event.name == "TaskClaimed":
-            run.worker = str(a["worker"])
-            self.ledger.update_run(run.id, worker=run.worker, started_at=utcnow())
-            run._emit(
-                EventKind.ORDER_PLACED,
-                message=f"claimed by {_short(run.worker)}",
-                worker=run.worker,
-                data={"seat": int(a["seat"]), "lease_expiry": int(a["leaseExpiry"])},
-                **where,
-            )
+            self._order_placed(run, str(a["worker"]), f"claimed by {_short(str(a['worker']))}",
+                               data={"seat": int(a["seat"]), "lease_expiry": int(a["leaseExpiry"])},
+                               **where)  # fmt: skip
         elif event.name == "ResultSubmitted":
             run.result_cid = bytes(a["resultCid"]).decode()
+            worker = str(a["worker"])
+            if run.validators == 1 and run.status == Status.OPEN:
+                # Nobody claimed and the channel said nothing: the result is the first sign of its worker.
+                self._order_placed(run, worker, f"taken by {_short(worker)}", **where)
+                run._emit(EventKind.RUNNING, message="ran in the worker's sandbox", worker=worker)
+            elif run.validators == 1 and (run.worker or "").lower() != worker.lower():
+                run.worker = worker  # the chain, not the channel, says who did the work
+                self.ledger.update_run(run.id, worker=worker)
         elif event.name == "TaskCompleted":
             self._settle(run, bytes(a["resultDigest"]), where, paid=int(a["paidPerWorker"]))
         elif event.name == "TaskFailed":
@@ -367,14 +376,28 @@ class Client:
         elif event.name in ("TaskCancelled", "TaskNotProcessed", "TaskDisputed"):
             self._end_without_result(run, event, where)
 
+    def _order_placed(self, run: Run, worker: str, message: str, data: dict[str, Any] | None = None,
+                      **where: Any) -> None:  # fmt: skip
+        run.worker = worker
+        self.ledger.update_run(run.id, worker=worker, started_at=utcnow())
+        run._emit(EventKind.ORDER_PLACED, message=message, worker=worker, data=data or {}, **where)
+
     def _on_live_message(self, task_id: int, kind: str, data: dict[str, Any]) -> None:
         with self._lock:
             run = self._by_task.get(task_id)
+            if run is None and kind == "running":
+                self._early_running[task_id] = data
+                while len(self._early_running) > 256:
+                    self._early_running.popitem(last=False)
         if run is None or run.done():
             return
         # Anyone can publish on a live channel: take only what the task's own
         # worker says, and only the fields a panel shows (never our timings).
         sender = str(data.get("worker") or "")
+        if kind == "running" and run.validators == 1 and run.status == Status.OPEN and sender:
+            # A single-validator task needs no claim: the worker's word is the first sign
+            # of it, and the chain names the worker for good when the result is settled.
+            self._order_placed(run, sender, f"taken by {_short(sender)}")
         if not run.worker or sender.lower() != run.worker.lower():
             return
         data = {"worker": run.worker, "line": str(data.get("line", ""))[:4096]}

@@ -83,6 +83,7 @@ def _rebuild(client: Client, record: RunRecord) -> Run:
     run.task_id = record.task_id
     run.input_cid = record.input_cid
     run.worker = record.worker
+    run.validators = record.validators or 1
     run.gas_used = record.gas_used or 0
     run.gas_cost_wei = record.gas_cost_wei or 0
     run.deadline = int(record.deadline.timestamp()) if record.deadline else None

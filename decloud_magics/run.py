@@ -82,6 +82,7 @@ class Run:
         self.input_cid: str | None = None
         self.result_cid: str | None = None
         self.worker: str | None = None
+        self.validators = 1
         self.deadline: int | None = None
         self.gas_used = 0
         self.gas_cost_wei = 0

@@ -228,6 +228,12 @@ class MarketMachine(RuleBasedStateMachine):
                 return i
         raise Refused("NotSeatHolder")
 
+    def _submitter(self, task: Task, sender: str) -> int | None:
+        """The sender's seat; None for a direct submission to a single-validator task nobody holds."""
+        if task.validators == 1 and task.seats_taken == 0:
+            return None
+        return self._seat_of(task, sender)
+
     def _requester(self, task_id: int, sender: str) -> Task:
         task = self.tasks.get(task_id)
         if task is None:
@@ -291,12 +297,13 @@ class MarketMachine(RuleBasedStateMachine):
         was_holder = task is not None and any(
             s is not None and s.worker == sender and not s.submitted for s in task.seats
         )
+        was_unclaimed_single = task is not None and task.validators == 1 and task.seats_taken == 0
 
         def model() -> None:
             task = self._live(task_id)
             if self.now > task.deadline:
                 raise Refused("DeadlinePassed")
-            seat = self._seat_of(task, sender)
+            seat = self._submitter(task, sender)
             self.touched[task_id] = True
             k = task.validators
             if k == 1:
@@ -326,7 +333,9 @@ class MarketMachine(RuleBasedStateMachine):
             self._pay(sender, task.price - share * (k - 1))
 
         if self._run(sender, "submitResult", [task_id, digest, CID], 0, model):
-            assert was_holder, "a submission was accepted from an account without a seat"
+            assert was_holder or was_unclaimed_single, (
+                "a submission was accepted from an account without a seat on a task somebody holds"
+            )
 
     def _cancel(self, task_id: int, sender: str) -> None:
         def model() -> None:
@@ -437,7 +446,7 @@ class MarketMachine(RuleBasedStateMachine):
             task = self._live(task_id)
             if self.now > task.deadline:
                 raise Refused("DeadlinePassed")
-            self._seat_of(task, sender)
+            self._submitter(task, sender)
             task.status = FAILED
             task.seats, task.agreed = [None] * task.validators, None
             self._pay(task.requester, task.price)

@@ -31,14 +31,30 @@ def test_create_claim_submit_reads_back(chain):
 
 
 def test_a_revert_sent_without_an_estimate_is_still_explained(chain):
-    requester, stranger = chain.market(0), chain.market(2)
+    requester, worker, stranger = chain.market(0), chain.market(1), chain.market(2)
     task_id, _ = requester.create_task(CID, 10**15, timeout=30, lease=45, deadline=requester.chain_time() + 600)
+    worker.claim(task_id)
     with pytest.raises(ChainError, match="does not hold a seat"):
         stranger.submit_result(task_id, b"\x02" * 32, CID)  # sent with a fixed gas limit: the receipt reverts
     with pytest.raises(ChainError, match="only the account that created the task"):
         stranger.cancel(task_id)  # estimated: refused before sending
     with pytest.raises(ChainError, match="deadline"):
         requester.create_task(CID, 10**15, timeout=30, lease=45, deadline=1)
+
+
+def test_batch_submission_skips_what_another_worker_settled_and_pays_once(chain):
+    requester, first, second = chain.market(0), chain.market(1), chain.market(2)
+    deadline = requester.chain_time() + 600
+    ids, _ = requester.create_tasks([CID] * 3, 10**15, timeout=30, lease=45, deadline=deadline)
+    first.submit_result(ids[1], b"\x01" * 32, CID)  # unclaimed single-validator task: no claim needed
+    before = second.balance()
+    accepted, outcome = second.submit_results([(i, b"\x02" * 32, CID) for i in ids])
+    assert accepted == {ids[0], ids[2]}
+    assert second.balance() - before == 2 * 10**15 - outcome.gas_cost_wei
+    assert [requester.get_task(i).status for i in ids] == [ChainStatus.COMPLETED] * 3
+    with pytest.raises(ChainError, match="at least one task"):
+        second.submit_results([])
+    assert outcome.gas_used < 3 * 42_000  # one base fee and one payout for the whole batch
 
 
 def test_follow_returns_only_new_events(chain):

@@ -43,6 +43,7 @@ class ChainStatus(enum.IntEnum):
 CREATE_GAS = 150_000
 BATCH_GAS_PER_TASK = 45_000
 SUBMIT_GAS = 90_000
+BATCH_SUBMIT_GAS_PER_TASK = 30_000
 CLAIM_GAS = 120_000
 PAYOUT_GAS = 60_000
 
@@ -61,6 +62,8 @@ ERROR_SENTENCES = {
     "BadPrice": "the price must be more than zero and fit the contract's range",
     "BadDeadline": "the deadline must be in the future",
     "BadLease": "the lease must be longer than zero seconds",
+    "BadTimeout": "the timeout must be at most 16,777,215 seconds (194 days)",
+    "UnevenBatch": "a batch needs one digest and one result CID per task",
     "NothingOwed": "nothing is owed to this account",
     "Reentrancy": "a re-entrant call was refused",
     "NoSuchTask": "there is no task with this id",
@@ -220,6 +223,20 @@ class Market:
         fn = self.contract.functions.submitResult(task_id, digest, result_cid.encode())
         return self._transact(fn, gas=SUBMIT_GAS + PAYOUT_GAS * validators + 16 * len(result_cid))
 
+    def submit_results(self, results: list[tuple[int, bytes, str]]) -> tuple[set[int], TxOutcome]:
+        """Settle many ``(task id, digest, result CID)`` in one transaction, paid once.
+
+        Tasks another worker settled first are skipped by the contract, not
+        reverted; returns the ids it accepted.
+        """
+        ids = [task_id for task_id, _, _ in results]
+        digests = [digest for _, digest, _ in results]
+        cids = [cid.encode() for _, _, cid in results]
+        gas = SUBMIT_GAS + PAYOUT_GAS + sum(BATCH_SUBMIT_GAS_PER_TASK + 16 * len(c) for c in cids)
+        outcome = self._transact(self.contract.functions.submitResults(ids, digests, cids), gas=gas)
+        accepted = {int(e.args["taskId"]) for e in outcome.events if e.name == "ResultSubmitted"}
+        return accepted, outcome
+
     def report_failure(self, task_id: int, digest: bytes, result_cid: str, validators: int = 1) -> TxOutcome:
         """A worker says the task could not run (killed by its limits): the requester is refunded."""
         fn = self.contract.functions.reportFailure(task_id, digest, result_cid.encode())
@@ -290,10 +307,13 @@ class Market:
             if name is None:
                 continue
             decoded = self.contract.events[name]().process_log(log)
+            args = dict(decoded["args"])
+            if name == "TaskCreated":
+                args.update(unpack_terms(int(args.pop("terms"))))
             events.append(
                 MarketEvent(
                     name=name,
-                    args=dict(decoded["args"]),
+                    args=args,
                     block=int(log["blockNumber"]),
                     tx_hash=_hex(log["transactionHash"]),
                     log_index=int(log["logIndex"]),
@@ -446,6 +466,22 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() >= end:
             return False
         time.sleep(interval)
+
+
+#: ``TaskCreated.terms``: (field, bit offset, width), lowest bits first.
+_TERMS_LAYOUT = (
+    ("deadline", 0, 40),
+    ("timeout", 40, 32),
+    ("lease", 72, 32),
+    ("validators", 104, 8),
+    ("cpus", 112, 16),
+    ("memoryMb", 128, 32),
+)
+
+
+def unpack_terms(terms: int) -> dict[str, int]:
+    """The named fields of ``TaskCreated.terms``, which the contract packs into one word to save gas."""
+    return {name: (terms >> shift) & ((1 << width) - 1) for name, shift, width in _TERMS_LAYOUT}
 
 
 def _event_topics(w3: Web3, abi: list[dict[str, Any]]) -> dict[bytes, str]:

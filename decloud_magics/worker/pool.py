@@ -12,7 +12,7 @@ from typing import Callable
 from ..chain.embedded import EmbeddedChain
 from ..channel import LiveChannel
 from ..store.base import Store
-from .service import Worker, WorkerPolicy
+from .service import TaskBoard, Worker, WorkerPolicy
 
 #: Two cores here: more sandboxes than that only queue on the CPU.
 DEFAULT_WORKERS = 3
@@ -39,6 +39,8 @@ class LocalWorkerPool:
         policy: WorkerPolicy | None = None,
     ) -> None:
         self.workers: list[Worker] = []
+        # One operator's threads: they split single-validator tasks in memory, not by claims on chain.
+        board = TaskBoard()
         for index in range(1, count + 1):
             wake = threading.Event()
             chain.add_listener(wake)
@@ -50,6 +52,7 @@ class LocalWorkerPool:
                 name=f"local-{index}",
                 wake=wake,
                 stagger=_turns(index, count),
+                board=board,
             )
             self.workers.append(worker)
         self._chain = chain

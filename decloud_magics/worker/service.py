@@ -7,6 +7,12 @@ market, the store and the live channel, never to the client's memory.
 Handling one task is a template method: ``accepts`` → ``before_start`` (claim)
 → ``execute`` (fetch, sandbox) → ``on_complete`` (store, submit) or
 ``on_failure`` (release the seat so another worker can take it).
+
+A single-validator task needs no claim on chain: the first valid result settles
+it. Workers that share a ``TaskBoard`` (the embedded pool, one operator's
+threads) split tasks through it instead, which saves a transaction per task;
+a worker on its own claims first, so that two strangers do not both spend a
+sandbox on the same task.
 """
 
 from __future__ import annotations
@@ -62,6 +68,29 @@ class TaskOffer:
         return self.price_wei // max(self.validators, 1)
 
 
+class TaskBoard:
+    """Which tasks the workers of one operator have taken, kept in memory."""
+
+    def __init__(self) -> None:
+        self._taken: set[int] = set()
+        self._lock = threading.Lock()
+
+    def take(self, task_id: int) -> bool:
+        with self._lock:
+            if task_id in self._taken:
+                return False
+            self._taken.add(task_id)
+            return True
+
+    def give_back(self, task_id: int) -> None:
+        with self._lock:
+            self._taken.discard(task_id)
+
+    def forget(self, task_id: int) -> None:
+        """A settled task: nothing left to split."""
+        self.give_back(task_id)
+
+
 @dataclass
 class WorkerPolicy:
     """What a worker is willing to do."""
@@ -87,6 +116,7 @@ class Worker:
         poll_interval: float | None = None,
         backlog_blocks: int = 256,
         stagger: Callable[[int], float] | None = None,
+        board: TaskBoard | None = None,
     ) -> None:
         self.market = market
         self.store = store
@@ -101,6 +131,7 @@ class Worker:
         # know of each other (the embedded pool) take turns instead of all racing
         # for every claim, and the others step in only if the first one is slow.
         self.stagger = stagger or (lambda task_id: 0.0)
+        self.board = board
         self._first_seen: dict[int, float] = {}
         self.completed = 0
         self.failed = 0
@@ -112,6 +143,7 @@ class Worker:
         self._leases: dict[int, int] = {}  # task id -> latest lease expiry seen (claimed by others)
         self._held: set[int] = set()
         self._seated: set[int] = set()  # tasks this worker already served: never claim twice
+        self._direct: set[int] = set()  # tasks taken through the board, without a claim
         self._thread: threading.Thread | None = None
 
     # -- life ----------------------------------------------------------------
@@ -156,7 +188,7 @@ class Worker:
         end = time.monotonic() + timeout
         while self._held and time.monotonic() < end:
             time.sleep(0.05)
-        for task_id in list(self._held):
+        for task_id in list(self._held - self._direct):
             try:
                 self.market.release(task_id)
                 log.info("worker %s released task %d on shutdown", self.name, task_id)
@@ -181,6 +213,8 @@ class Worker:
             self._offers.pop(task_id, None)
             self._leases.pop(task_id, None)
             self._first_seen.pop(task_id, None)
+            if self.board is not None:
+                self.board.forget(task_id)
 
     def _offer_work(self) -> None:
         """Try the oldest acceptable tasks while a slot is free."""
@@ -205,6 +239,9 @@ class Worker:
                 continue
             if not self._slots.acquire(blocking=False):
                 return
+            if self._needs_no_claim(offer) and not self.board.take(task_id):  # type: ignore[union-attr]
+                self._slots.release()
+                continue  # another worker of this pool has it
             self._held.add(task_id)
             self._pool.submit(self._handle, offer)
 
@@ -229,6 +266,9 @@ class Worker:
             and offer.requester != self.market.account
         )
 
+    def _needs_no_claim(self, offer: TaskOffer) -> bool:
+        return self.board is not None and offer.validators == 1
+
     def _handle(self, offer: TaskOffer) -> None:
         try:
             if not self.before_start(offer):
@@ -241,11 +281,18 @@ class Worker:
                 self.on_complete(offer, result)
         finally:
             self._held.discard(offer.task_id)
+            self._direct.discard(offer.task_id)
             self._slots.release()
             self.wake.set()
 
     def before_start(self, offer: TaskOffer) -> bool:
-        """Claim a seat. Losing the race to another worker is normal, not an error."""
+        """Claim a seat, unless the board gave us the task. Losing a race is normal, not an error."""
+        if self._needs_no_claim(offer):
+            self._direct.add(offer.task_id)
+            self._seated.add(offer.task_id)
+            log.info("worker %s took task %d", self.name, offer.task_id)
+            self.channel.publish(offer.task_id, "running", {"worker": self.market.account})
+            return True
         try:
             self.market.claim(offer.task_id)
         except DecloudError as exc:
@@ -293,6 +340,10 @@ class Worker:
         """Something outside the task broke (store down, bad package): give the seat back."""
         log.warning("worker %s could not run task %d: %s", self.name, offer.task_id, exc)
         self.channel.publish(offer.task_id, "note", {"message": f"worker {self.name} gave the task back: {exc}"})
+        if offer.task_id in self._direct:
+            self._seated.discard(offer.task_id)
+            self.board.give_back(offer.task_id)  # type: ignore[union-attr]
+            return
         try:
             self.market.release(offer.task_id)
             self._seated.discard(offer.task_id)

@@ -128,6 +128,7 @@ def run_in_sandbox(
         run.process_limit_hit = cgroup is not None and _pids_limit_hit(cgroup)
         return _assemble(run, limits, timeout, isolated, cgroup is not None)
     finally:
+        _spares.prewarm((python, limits.network), limits.threads)  # this run is over: refill now
         if run is None and child is not None:
             child.discard()  # never supervised: kill and reap it here
         if cgroup is not None:

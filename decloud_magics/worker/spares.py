@@ -7,6 +7,11 @@ for a config. A run takes it, hands it the task, and a new spare is started
 behind it. Each process still runs one task and exits: nothing a cell does
 can reach the next one.
 
+The next spare is started when the run that took the last one has ended (or
+after ``REFILL_DELAY`` if it runs long): started at once, it would compete for
+the CPU with the very task it is meant to speed up, on the few cores of a
+laptop or a small worker.
+
 Spares are started from one long-lived thread because the sandbox's
 ``--pdeathsig`` fires when the *thread* that started it ends, not the
 process: a spare started from a short-lived thread would die with that thread.
@@ -32,6 +37,8 @@ log = logging.getLogger(__name__)
 # A spare waiting longer than this is replaced: the package on disk may have
 # been upgraded under it, and it keeps the PATH it was started with.
 MAX_AGE = 600.0
+#: Seconds a refill waits for the run that took the spare to end.
+REFILL_DELAY = 0.5
 Key = tuple[str, bool]  # (python, network): what decides how a sandbox process is started
 
 
@@ -108,8 +115,8 @@ class SparePool:
     def _forget(self) -> None:
         self._lock = threading.Condition()
         self._ready: dict[Key, Process] = {}
-        self._wanted: dict[Key, int] = {}  # key -> threads, for the maker thread
-        self._making: set[Key] = set()
+        self._wanted: dict[Key, tuple[int, float]] = {}  # key -> (threads, due), for the maker thread
+        self._making: dict[Key, int] = {}  # key -> threads of the spare being started
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -118,11 +125,12 @@ class SparePool:
 
         Either way the slot is emptied and refilled for this thread count: the
         thread count is in the environment, fixed when the process starts, and
-        the next task most likely asks what this one did.
+        the next task most likely asks what this one did. The refill waits for
+        ``prewarm`` (the run ended) or ``REFILL_DELAY``.
         """
         with self._lock:
             spare = self._ready.pop(key, None)
-            self._want(key, threads)
+            self._want(key, threads, delay=REFILL_DELAY)
         if spare is not None and (spare.threads != threads or not spare.usable(self.max_age)):
             spare.discard()
             spare = None
@@ -150,10 +158,14 @@ class SparePool:
         for spare in spares:
             spare.discard()
 
-    def _want(self, key: Key, threads: int) -> None:
-        if self._closed or key in self._ready or key in self._making:
+    def _want(self, key: Key, threads: int, delay: float = 0.0) -> None:
+        ready = self._ready.get(key)
+        if self._closed or (ready is not None and ready.threads == threads) or self._making.get(key) == threads:
             return
-        self._wanted[key] = threads
+        due = time.monotonic() + delay
+        if key in self._wanted:
+            due = min(due, self._wanted[key][1])
+        self._wanted[key] = (threads, due)
         if self._thread is None:
             self._thread = threading.Thread(target=self._make_forever, name="decloud-spares", daemon=True)
             self._thread.start()
@@ -162,22 +174,30 @@ class SparePool:
     def _make_forever(self) -> None:
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: bool(self._wanted))
-                key, threads = self._wanted.popitem()
-                self._making.add(key)
+                while True:
+                    self._lock.wait_for(lambda: bool(self._wanted))
+                    key, (threads, due) = min(self._wanted.items(), key=lambda item: item[1][1])
+                    if due <= time.monotonic():
+                        break
+                    self._lock.wait(due - time.monotonic())
+                del self._wanted[key]
+                self._making[key] = threads
             spare: Process | None = None
             try:
                 spare = self._start(key, threads)
                 spare.warm = True
             except Exception:  # runs start cold meanwhile, and the next run asks again
                 log.exception("could not start a sandbox spare")
+            stale: Process | None = None
             with self._lock:
-                self._making.discard(key)
-                if spare is not None and not self._closed and key not in self._ready:
-                    self._ready[key], spare = spare, None
+                self._making.pop(key, None)
+                # Keep it unless another thread count was asked for while it started.
+                if spare is not None and not self._closed and key not in self._wanted:
+                    stale, self._ready[key], spare = self._ready.get(key), spare, None
                 self._lock.notify_all()
-            if spare is not None:
-                spare.discard()
+            for unused in (spare, stale):
+                if unused is not None:
+                    unused.discard()
 
 
 def close_at_exit(pool: SparePool) -> None:

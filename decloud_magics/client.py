@@ -203,6 +203,8 @@ class Client:
             tx_hash=outcome.tx_hash,
             data={"task_id": task_id, "input_cid": run.input_cid, "gas": outcome.gas_used},
         )
+        # a hint for workers that listen: the task is on chain, look now rather than at the next poll
+        self.conn.channel.publish(task_id, "created", {})
         with self._lock:
             self._by_task[task_id] = run
             early = self._orphans.pop(task_id, [])
@@ -316,6 +318,7 @@ class Client:
         """One loop for all runs: chain logs first, then live messages, then deadlines."""
         while not self._closed.is_set():
             self.conn.wake.clear()
+            last_poll = time.monotonic()
             # Take live messages before reading the chain: a worker says "running"
             # only after its claim is mined, so the claim is then already readable.
             live = []
@@ -335,6 +338,8 @@ class Client:
             except Exception:  # never let the watcher die: runs would hang
                 log.exception("decloud watcher error")
             self.conn.wake.wait(self.conn.market.poll_interval)
+            # live messages wake us, and anyone may send them: still look at most every 5 ms
+            time.sleep(max(0.0, last_poll + 0.005 - time.monotonic()))
 
     def _on_chain_event(self, event: MarketEvent) -> None:
         task_id = event.task_id
@@ -356,17 +361,17 @@ class Client:
         if event.name == "TaskClaimed":
             self._order_placed(run, str(a["worker"]), f"claimed by {_short(str(a['worker']))}",
                                data={"seat": int(a["seat"]), "lease_expiry": int(a["leaseExpiry"])},
-                               **where)  # fmt: skip
+                               claim=True, **where)  # fmt: skip
         elif event.name == "ResultSubmitted":
             run.result_cid = bytes(a["resultCid"]).decode()
             worker = str(a["worker"])
-            if run.validators == 1 and run.status == Status.OPEN:
-                # Nobody claimed and the channel said nothing: the result is the first sign of its worker.
+            if run.validators == 1:
+                # The chain names the worker for good; when nobody claimed and the channel
+                # said nothing, this is the first sign of it.
+                unseen = run.status == Status.OPEN
                 self._order_placed(run, worker, f"taken by {_short(worker)}", **where)
-                run._emit(EventKind.RUNNING, message="ran in the worker's sandbox", worker=worker)
-            elif run.validators == 1 and (run.worker or "").lower() != worker.lower():
-                run.worker = worker  # the chain, not the channel, says who did the work
-                self.ledger.update_run(run.id, worker=worker)
+                if unseen:
+                    run._emit(EventKind.RUNNING, message="ran in the worker's sandbox", worker=worker)
         elif event.name == "TaskCompleted":
             self._settle(run, bytes(a["resultDigest"]), where, paid=int(a["paidPerWorker"]))
         elif event.name == "TaskFailed":
@@ -377,7 +382,15 @@ class Client:
             self._end_without_result(run, event, where)
 
     def _order_placed(self, run: Run, worker: str, message: str, data: dict[str, Any] | None = None,
-                      **where: Any) -> None:  # fmt: skip
+                      claim: bool = False, **where: Any) -> None:  # fmt: skip
+        """The run's worker is known: a stage when it is the first, or a claim that took
+        the task over; otherwise (the chain confirming what the live channel said) only the name."""
+        takeover = claim and run.worker is not None and run.worker.lower() != worker.lower()
+        if run.status != Status.OPEN and not takeover:
+            if (run.worker or "").lower() != worker.lower():
+                run.worker = worker
+                self.ledger.update_run(run.id, worker=worker)
+            return
         run.worker = worker
         self.ledger.update_run(run.id, worker=worker, started_at=utcnow())
         run._emit(EventKind.ORDER_PLACED, message=message, worker=worker, data=data or {}, **where)

@@ -95,11 +95,13 @@ def run_in_sandbox(
     limits: SandboxLimits | None = None,
     on_stdout: LineSink | None = None,
     python: str = sys.executable,
+    cancel: threading.Event | None = None,
 ) -> bytes:
     """Run a task package in a sandbox process; return the encoded result package.
 
     ``on_stdout`` gets each stdout line as it arrives (live progress), called
-    from the calling thread. Timeouts, limits and crashes come back as results
+    from the calling thread. Setting ``cancel`` kills the run (its worker lost
+    the task); the result then says it was cancelled. Timeouts, limits and crashes come back as results
     with a ``failure`` sentence; only a bug of the worker itself raises.
     """
     limits = limits or SandboxLimits()
@@ -118,7 +120,7 @@ def run_in_sandbox(
             child.hand_over(task_bytes, _config(limits, cgroup))  # if it died already, the run says so
         _spares.count(child.warm)
         run = _Run(child.proc, child.result_fd, limits, on_stdout, cgroup)
-        run.supervise(timeout)  # the timeout counts from the config, not from when the spare started
+        run.supervise(timeout, cancel)  # the timeout counts from the config, not from when the spare started
         run.wall = time.monotonic() - started
         if isolated and run.returncode == 1 and run.stderr.head.endswith(_UNSHARE_SIGKILL):
             # unshare re-raises the child's death signal on itself, which fails for
@@ -291,10 +293,10 @@ class _Run:
         self.streams = {proc.stdout.fileno(): self.stdout, proc.stderr.fileno(): self.stderr}
         self.result = bytearray()
         self.result_cap = limits.max_output_mb * MB + 64 * MB  # the values plus manifest and displays
-        self.result_overflow = self.timed_out = self.process_limit_hit = False
+        self.result_overflow = self.timed_out = self.cancelled = self.process_limit_hit = False
         self.returncode, self.cpu_seconds, self.wall = 0, 0.0, 0.0
 
-    def supervise(self, timeout: float) -> None:
+    def supervise(self, timeout: float, cancel: threading.Event | None = None) -> None:
         deadline = time.monotonic() + timeout
         sel = selectors.DefaultSelector()
         for fd in (*self.streams, self.result_fd):
@@ -305,6 +307,8 @@ class _Run:
                 now = time.monotonic()
                 if killed_at is None and now >= deadline:
                     self.timed_out, killed_at = True, self._kill()
+                if killed_at is None and cancel is not None and cancel.is_set():
+                    self.cancelled, killed_at = True, self._kill()
                 if killed_at is not None and now - killed_at > _KILL_GRACE:
                     break  # something outside our reach holds a pipe open; stop listening
                 wait = 0.05 if killed_at is not None else max(0.0, min(deadline - now, 0.25))
@@ -385,6 +389,8 @@ def _failure(
 ) -> str | None:
     """The sentence for a run the sandbox cut short, the most telling cause first."""
     code = run.returncode
+    if run.cancelled:
+        return "The task was cancelled by its worker, which lost it to another worker."
     if run.timed_out:
         return f"The task was killed after its {timeout:g} s wall-clock timeout."
     if code == -signal.SIGXCPU or (

@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,6 +31,9 @@ from ..errors import DecloudError
 from ..store.base import Store
 
 log = logging.getLogger("decloud.worker")
+
+#: Seconds between two looks at the chain, at the least, however often the worker is woken.
+MIN_POLL_GAP = 0.005
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,32 @@ class TaskOffer:
     @property
     def price_per_seat(self) -> int:
         return self.price_wei // max(self.validators, 1)
+
+
+class _Announcer:
+    """A task's "running" and stdout lines on the live channel, in that order, from the moment it is ours."""
+
+    def __init__(self, channel: LiveChannel, task_id: int, worker: str) -> None:
+        self._channel, self._task_id, self._worker = channel, task_id, worker
+        self._lock = threading.Lock()
+        self._held: list[str] | None = []  # lines said before the task was ours; None once open
+
+    def open(self) -> None:
+        with self._lock:
+            self._channel.publish(self._task_id, "running", {"worker": self._worker})
+            for line in self._held or ():
+                self._publish(line)
+            self._held = None
+
+    def line(self, line: str) -> None:
+        with self._lock:
+            if self._held is not None:
+                self._held.append(line)
+            else:
+                self._publish(line)
+
+    def _publish(self, line: str) -> None:
+        self._channel.publish(self._task_id, "stdout", {"line": line, "worker": self._worker})
 
 
 class TaskBoard:
@@ -139,6 +169,8 @@ class Worker:
         self._stopped = threading.Event()
         self._slots = threading.BoundedSemaphore(self.policy.slots)
         self._pool = ThreadPoolExecutor(max_workers=self.policy.slots, thread_name_prefix=f"decloud-{self.name}")
+        # claims are sent while their tasks already run (see before_start)
+        self._claims = ThreadPoolExecutor(max_workers=self.policy.slots, thread_name_prefix=f"decloud-{self.name}-c")
         self._offers: dict[int, TaskOffer] = {}  # tasks not yet settled, by id
         self._leases: dict[int, int] = {}  # task id -> latest lease expiry seen (claimed by others)
         self._held: set[int] = set()
@@ -162,9 +194,13 @@ class Worker:
             prewarm()  # start an interpreter for the first task while we wait for it
             start_block = max(0, self.market.block_number() - self.backlog_blocks)
             follower = self.market.follow(from_block=start_block)
+            # A requester says "created" on the live channel as its task is mined: look at
+            # the chain at once instead of at the next poll. Only a hint: the chain decides.
+            unsubscribe = self.channel.subscribe(self._on_hint)
             log.info("worker %s serving %s as %s", self.name, self.market.address, self.market.account)
             while not self._stop.is_set():
                 self.wake.clear()
+                last_poll = time.monotonic()
                 try:
                     for event in follower.poll():
                         self._observe(event)
@@ -176,9 +212,16 @@ class Worker:
                 except Exception:  # a worker outlives its own bugs; the log says what broke
                     log.exception("worker %s: unexpected error", self.name)
                 self.wake.wait(self.poll_interval)
+                # however many hints arrive, the node is asked at most every MIN_POLL_GAP seconds
+                time.sleep(max(0.0, last_poll + MIN_POLL_GAP - time.monotonic()))
+            unsubscribe()
             follower.close()
         finally:
             self._stopped.set()
+
+    def _on_hint(self, task_id: int, kind: str, data: dict[str, Any]) -> None:
+        if kind == "created":
+            self.wake.set()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming; let held tasks finish (up to ``timeout``), then release what is left."""
@@ -221,7 +264,7 @@ class Worker:
         if not self._offers:
             return
         now = self._now()
-        for task_id in sorted(self._offers):
+        for task_id in sorted(self._offers, key=self._turn):
             if self._stop.is_set():
                 return
             offer = self._offers.get(task_id)
@@ -244,6 +287,15 @@ class Worker:
                 continue  # another worker of this pool has it
             self._held.add(task_id)
             self._pool.submit(self._handle, offer)
+
+    def _turn(self, task_id: int) -> tuple[int, int]:
+        """Oldest first by groups of 16; inside a group each worker has its own order.
+
+        Workers that do not know of each other would otherwise all go for the
+        same task first, and all but one would lose the claim, and with it the
+        sandbox they started for it.
+        """
+        return task_id // 16, zlib.crc32(f"{self.market.account}:{task_id}".encode())
 
     def _now(self) -> int:
         """Deadlines and leases are judged by the chain's clock, which may run ahead of ours."""
@@ -271,28 +323,48 @@ class Worker:
 
     def _handle(self, offer: TaskOffer) -> None:
         try:
-            if not self.before_start(offer):
+            confirm = self.before_start(offer)
+            if confirm is None:
                 return
+            cancel = threading.Event()
             try:
-                result = self.execute(offer)
+                result = self.execute(offer, cancel=cancel, confirm=confirm)
             except Exception as exc:  # the worker must outlive anything one task does
-                self.on_failure(offer, exc)
+                if confirm.result():
+                    self.on_failure(offer, exc)
             else:
-                self.on_complete(offer, result)
+                if confirm.result():
+                    self.on_complete(offer, result)
         finally:
             self._held.discard(offer.task_id)
             self._direct.discard(offer.task_id)
             self._slots.release()
             self.wake.set()
 
-    def before_start(self, offer: TaskOffer) -> bool:
-        """Claim a seat, unless the board gave us the task. Losing a race is normal, not an error."""
+    def before_start(self, offer: TaskOffer) -> Future[bool] | None:
+        """Take the task: a claim, unless the board gave it to us; None if it is not ours.
+
+        A single-validator task starts running while its claim is mined (the
+        returned future says how the claim went): the claim then costs no time,
+        and a lost race only cancels the sandbox. A seat of a multi-validator
+        task is claimed before anything runs.
+        """
+        taken: Future[bool] = Future()
         if self._needs_no_claim(offer):
             self._direct.add(offer.task_id)
             self._seated.add(offer.task_id)
             log.info("worker %s took task %d", self.name, offer.task_id)
-            self.channel.publish(offer.task_id, "running", {"worker": self.market.account})
-            return True
+            taken.set_result(True)
+            return taken
+        if offer.validators == 1:
+            return self._claims.submit(self._claim, offer)  # execute() says "running" once it is mined
+        if not self._claim(offer):
+            return None
+        taken.set_result(True)
+        return taken
+
+    def _claim(self, offer: TaskOffer) -> bool:
+        """Losing the race to another worker is normal, not an error."""
         try:
             self.market.claim(offer.task_id)
         except DecloudError as exc:
@@ -301,21 +373,34 @@ class Worker:
             return False
         self._seated.add(offer.task_id)
         log.info("worker %s claimed task %d", self.name, offer.task_id)
-        self.channel.publish(offer.task_id, "running", {"worker": self.market.account})
         return True
 
-    def execute(self, offer: TaskOffer) -> bytes:
-        """Fetch the package (verified by its CID) and run it in a fresh sandbox process."""
+    def execute(
+        self, offer: TaskOffer, cancel: threading.Event | None = None, confirm: Future[bool] | None = None
+    ) -> bytes:
+        """Fetch the package (verified by its CID) and run it in a fresh sandbox process.
+
+        ``confirm`` is the claim still being mined: if it is lost, ``cancel`` stops the sandbox.
+        """
         from .sandbox import SandboxLimits, run_in_sandbox
 
         package = self.store.get(offer.input_cid)
         # an address-space limit: importing pandas alone reserves ~350 MB of it
         limits = SandboxLimits(memory_mb=max(1024, min(offer.memory_mb, self.policy.max_memory_mb)))
+        say = _Announcer(self.channel, offer.task_id, self.market.account)
+        if confirm is None:
+            say.open()
+        else:
+            # A claim still being mined: "running" and the lines wait for it (the client
+            # has it from the chain first), and losing it cancels the run.
+            def claimed(claim: Future[bool]) -> None:
+                if claim.result():
+                    say.open()
+                elif cancel is not None:
+                    cancel.set()
 
-        def forward(line: str) -> None:
-            self.channel.publish(offer.task_id, "stdout", {"line": line, "worker": self.market.account})
-
-        return run_in_sandbox(package, timeout=float(offer.timeout), limits=limits, on_stdout=forward)
+            confirm.add_done_callback(claimed)  # at once when it is already settled
+        return run_in_sandbox(package, timeout=float(offer.timeout), limits=limits, on_stdout=say.line, cancel=cancel)
 
     def on_complete(self, offer: TaskOffer, result: bytes) -> None:
         """Store the result and settle: a result the sandbox cut short refunds the requester."""
@@ -333,6 +418,8 @@ class Worker:
                 self.market.submit_result(offer.task_id, digest, cid, offer.validators)
                 self.completed += 1
                 log.info("worker %s completed task %d -> %s", self.name, offer.task_id, cid)
+            # the requester's client looks at the chain at once rather than at its next poll
+            self.channel.publish(offer.task_id, "settled", {"worker": self.market.account})
         except DecloudError as exc:
             log.warning("worker %s could not settle task %d: %s", self.name, offer.task_id, exc)
 

@@ -91,16 +91,26 @@ def test_twenty_cells_run_on_the_workers_and_every_worker_is_paid(devnet: Devnet
         assert after[address] > before[address], f"worker {address} was not paid"
 
 
+ZERO = "0x" + "0" * 40
+
+
 def test_a_killed_workers_task_is_claimed_again_after_its_lease(devnet: Devnet, devnet_client) -> None:  # type: ignore[no-untyped-def]
     state = _state(devnet)
     run = devnet_client.submit(
         "import time\ntime.sleep(4)\ndone = True", outputs=["done"], timeout=20, price=PRICE
     )
+    # The devnet's workers split tasks by share and claim one only once it runs long:
+    # wait for the claim to be on chain, so that its lease is what must run out.
+    market = devnet_client.conn.market
     deadline = time.monotonic() + 60
-    while run.worker is None and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        holder, lease_expiry, _, _ = market.get_seat(run.task_id, 0) if run.task_id else (ZERO, 0, False, b"")
+        if holder != ZERO:
+            break
         time.sleep(0.05)
-    assert run.worker is not None, "no worker claimed the task"
-    victim = next(w for w in state.workers if w.address == run.worker)
+    assert holder != ZERO, "no worker claimed the task"
+    assert run.worker == holder
+    victim = next(w for w in state.workers if w.address == holder)
     assert victim.process is not None
     # A machine that dies takes the worker and its sandbox with it.
     doomed = [victim.process.pid, *_descendants(victim.process.pid)]
@@ -111,8 +121,6 @@ def test_a_killed_workers_task_is_claimed_again_after_its_lease(devnet: Devnet, 
         time.sleep(0.02)
     assert not victim.process.alive()
 
-    first = next(e for e in run.events if e.kind == EventKind.ORDER_PLACED)
-    lease_expiry = int(first.data["lease_expiry"])
     now = int(chain_node.rpc_call(state.rpc_url, "eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
     chain_node.increase_time(
         state.rpc_url, lease_expiry - now + 2
@@ -121,6 +129,7 @@ def test_a_killed_workers_task_is_claimed_again_after_its_lease(devnet: Devnet, 
     assert result.values == {"done": True}
     claims = [e for e in run.events if e.kind == EventKind.ORDER_PLACED]
     assert len(claims) == 2 and claims[-1].worker != victim.address, [e.kind for e in run.events]
+    assert claims[0].worker == victim.address
     assert claims[-1].data["lease_expiry"] > lease_expiry
 
     repaired = devnet.up()  # brings the dead worker back, leaves the rest alone

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,10 +38,11 @@ class Market:
         self.workers: list[Worker] = []
         self.clients: list[Client] = []
 
-    def worker(self, cls: type[Worker], index: int) -> Worker:
+    def worker(self, cls: type[Worker], index: int, **options: Any) -> Worker:
         wake = threading.Event()
         self.chain.add_listener(wake)
-        worker = cls(self.chain.market(index), self.store, channel=self.channel, name=f"w{index}", wake=wake)
+        worker = cls(self.chain.market(index), self.store, channel=self.channel, name=f"w{index}", wake=wake,
+                     **options)  # fmt: skip
         worker.start()
         self.workers.append(worker)
         return worker

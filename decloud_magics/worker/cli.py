@@ -21,11 +21,22 @@ from ..errors import ConfigError
 def add_worker_parser(sub: Any) -> None:
     worker = sub.add_parser("worker", help="serve tasks of a network as a worker")
     worker.add_argument("--network", "-n", default="devnet", help="a saved network (see `%%decloud network`)")
-    worker.add_argument("--key-file", type=Path, default=None, help="file with the worker's key (hex or keystore)")
+    worker.add_argument(
+        "--key-file", type=Path, default=None, help="file with the worker's key (hex or keystore)"
+    )
     worker.add_argument("--slots", type=int, default=1, help="tasks run at once")
     worker.add_argument("--min-price", default="0", help="skip tasks paying less than this per worker")
-    worker.add_argument("--max-timeout", type=int, default=3600, help="skip tasks with a longer timeout, seconds")
+    worker.add_argument(
+        "--max-timeout", type=int, default=3600, help="skip tasks with a longer timeout, seconds"
+    )
     worker.add_argument("--max-memory", type=float, default=4.0, help="skip tasks asking more memory, GB")
+    worker.add_argument(
+        "--share",
+        default=None,
+        metavar="INDEX/COUNT",
+        help="one of COUNT workers of one operator: serve task ids with id %% COUNT == INDEX-1 without claims "
+        "first, and take the others' only when nobody claimed them (decloud devnet up sets it)",
+    )
     worker.add_argument("--log-level", default="INFO")
     worker.set_defaults(func=cmd_worker)
 
@@ -35,7 +46,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..keys import PrivateKey, load_key_file
     from ..networks import get_network
     from ..units import parse_amount
-    from .service import Worker, WorkerPolicy
+    from .service import Share, Worker, WorkerPolicy
 
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -48,9 +59,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         key = PrivateKey(os.environ["DECLOUD_WORKER_KEY"], "the DECLOUD_WORKER_KEY variable")
     else:
         raise ConfigError("A worker needs its key: pass --key-file FILE or set DECLOUD_WORKER_KEY.")
+    try:
+        share = Share.parse(args.share) if args.share else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     config = get_network(args.network)
     if config.is_embedded:
-        raise ConfigError("The 'local' network lives inside one process: serve 'devnet' or a network you added.")
+        raise ConfigError(
+            "The 'local' network lives inside one process: serve 'devnet' or a network you added."
+        )
     conn = connect_rpc(config, key)
     policy = WorkerPolicy(
         min_price_wei=parse_amount(args.min_price),
@@ -58,7 +75,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         max_memory_mb=int(args.max_memory * 1024),
         slots=args.slots,
     )
-    worker = Worker(conn.market, conn.store, channel=conn.channel, policy=policy, name=f"pid{os.getpid()}")
+    worker = Worker(
+        conn.market, conn.store, channel=conn.channel, policy=policy, name=f"pid{os.getpid()}", share=share
+    )
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

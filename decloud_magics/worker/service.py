@@ -9,9 +9,10 @@ Handling one task is a template method: ``accepts`` → ``before_start`` (claim)
 ``on_failure`` (release the seat so another worker can take it).
 
 A single-validator task needs no claim on chain: the first valid result settles
-it. Workers that share a ``TaskBoard`` (the embedded pool, one operator's
-threads) split tasks through it instead, which saves a transaction per task;
-a worker on its own claims first, so that two strangers do not both spend a
+it. Workers of one operator split such tasks without claims, which saves a
+transaction per task: threads of one process (the embedded pool) through a
+``TaskBoard``, processes (the devnet's workers) by a ``Share`` of the task ids.
+A worker on its own claims first, so that two strangers do not both spend a
 sandbox on the same task.
 """
 
@@ -98,6 +99,41 @@ class _Announcer:
         self._channel.publish(self._task_id, "stdout", {"line": line, "worker": self._worker})
 
 
+@dataclass(frozen=True)
+class Share:
+    """Worker ``index`` of ``count`` (1-based) serves the task ids with ``id % count == index - 1`` first.
+
+    It runs its own tasks without a claim, and claims one only if it is still
+    running after ``claim_after`` seconds. The others take (claim) a task of its
+    share only when nobody claimed it within ``steal_after`` seconds: a busy or
+    dead worker does not hold its share hostage, and a long task is not run twice.
+    """
+
+    index: int
+    count: int
+    claim_after: float = 1.0
+    steal_after: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= self.count:
+            raise ValueError(
+                f"a share is INDEX/COUNT with 1 <= INDEX <= COUNT, not {self.index}/{self.count}"
+            )
+        if self.claim_after >= self.steal_after:
+            raise ValueError("a worker must claim its own long task before the others may take it")
+
+    @classmethod
+    def parse(cls, text: str) -> Share:
+        index, _, count = text.partition("/")
+        try:
+            return cls(int(index), int(count))
+        except ValueError as exc:
+            raise ValueError(f"--share takes INDEX/COUNT such as 2/4, not {text!r}: {exc}") from None
+
+    def owns(self, task_id: int) -> bool:
+        return task_id % self.count == self.index - 1
+
+
 class TaskBoard:
     """Which tasks the workers of one operator have taken, kept in memory."""
 
@@ -147,6 +183,7 @@ class Worker:
         backlog_blocks: int = 256,
         stagger: Callable[[int], float] | None = None,
         board: TaskBoard | None = None,
+        share: Share | None = None,
     ) -> None:
         self.market = market
         self.store = store
@@ -160,17 +197,24 @@ class Worker:
         # Seconds this worker lets pass before it competes for a task: workers that
         # know of each other (the embedded pool) take turns instead of all racing
         # for every claim, and the others step in only if the first one is slow.
-        self.stagger = stagger or (lambda task_id: 0.0)
         self.board = board
+        self.share = share
+        if stagger is None and share is not None:
+            stagger = lambda task_id: 0.0 if share.owns(task_id) else share.steal_after  # noqa: E731
+        self.stagger = stagger or (lambda task_id: 0.0)
         self._first_seen: dict[int, float] = {}
         self.completed = 0
         self.failed = 0
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._slots = threading.BoundedSemaphore(self.policy.slots)
-        self._pool = ThreadPoolExecutor(max_workers=self.policy.slots, thread_name_prefix=f"decloud-{self.name}")
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.policy.slots, thread_name_prefix=f"decloud-{self.name}"
+        )
         # claims are sent while their tasks already run (see before_start)
-        self._claims = ThreadPoolExecutor(max_workers=self.policy.slots, thread_name_prefix=f"decloud-{self.name}-c")
+        self._claims = ThreadPoolExecutor(
+            max_workers=self.policy.slots, thread_name_prefix=f"decloud-{self.name}-c"
+        )
         self._offers: dict[int, TaskOffer] = {}  # tasks not yet settled, by id
         self._leases: dict[int, int] = {}  # task id -> latest lease expiry seen (claimed by others)
         self._held: set[int] = set()
@@ -252,7 +296,13 @@ class Worker:
             self._leases[task_id] = int(event.args["leaseExpiry"])
         elif event.name == "TaskReleased":
             self._leases.pop(task_id, None)
-        elif event.name in ("TaskCompleted", "TaskCancelled", "TaskNotProcessed", "TaskDisputed", "TaskFailed"):
+        elif event.name in (
+            "TaskCompleted",
+            "TaskCancelled",
+            "TaskNotProcessed",
+            "TaskDisputed",
+            "TaskFailed",
+        ):
             self._offers.pop(task_id, None)
             self._leases.pop(task_id, None)
             self._first_seen.pop(task_id, None)
@@ -282,20 +332,21 @@ class Worker:
                 continue
             if not self._slots.acquire(blocking=False):
                 return
-            if self._needs_no_claim(offer) and not self.board.take(task_id):  # type: ignore[union-attr]
+            if self.board is not None and self._needs_no_claim(offer) and not self.board.take(task_id):
                 self._slots.release()
                 continue  # another worker of this pool has it
             self._held.add(task_id)
             self._pool.submit(self._handle, offer)
 
-    def _turn(self, task_id: int) -> tuple[int, int]:
-        """Oldest first by groups of 16; inside a group each worker has its own order.
+    def _turn(self, task_id: int) -> tuple[bool, int, int]:
+        """Its own share first; then oldest first by groups of 16, each worker in its own order.
 
         Workers that do not know of each other would otherwise all go for the
         same task first, and all but one would lose the claim, and with it the
         sandbox they started for it.
         """
-        return task_id // 16, zlib.crc32(f"{self.market.account}:{task_id}".encode())
+        foreign = self.share is not None and not self.share.owns(task_id)
+        return foreign, task_id // 16, zlib.crc32(f"{self.market.account}:{task_id}".encode())
 
     def _now(self) -> int:
         """Deadlines and leases are judged by the chain's clock, which may run ahead of ours."""
@@ -319,7 +370,8 @@ class Worker:
         )
 
     def _needs_no_claim(self, offer: TaskOffer) -> bool:
-        return self.board is not None and offer.validators == 1
+        ours = self.board is not None or (self.share is not None and self.share.owns(offer.task_id))
+        return ours and offer.validators == 1
 
     def _handle(self, offer: TaskOffer) -> None:
         try:
@@ -327,6 +379,12 @@ class Worker:
             if confirm is None:
                 return
             cancel = threading.Event()
+            late_claim = None
+            if self.share is not None and offer.task_id in self._direct:
+                # a long task is claimed after all, before the other workers would take it over
+                late_claim = threading.Timer(self.share.claim_after, self._claim_late, (offer, cancel))
+                late_claim.daemon = True
+                late_claim.start()
             try:
                 result = self.execute(offer, cancel=cancel, confirm=confirm)
             except Exception as exc:  # the worker must outlive anything one task does
@@ -335,6 +393,9 @@ class Worker:
             else:
                 if confirm.result():
                     self.on_complete(offer, result)
+            finally:
+                if late_claim is not None:
+                    late_claim.cancel()
         finally:
             self._held.discard(offer.task_id)
             self._direct.discard(offer.task_id)
@@ -362,6 +423,12 @@ class Worker:
             return None
         taken.set_result(True)
         return taken
+
+    def _claim_late(self, offer: TaskOffer, cancel: threading.Event) -> None:
+        if self._claim(offer):
+            self._direct.discard(offer.task_id)  # now a seat like any other: released if we stop
+        else:
+            cancel.set()
 
     def _claim(self, offer: TaskOffer) -> bool:
         """Losing the race to another worker is normal, not an error."""
@@ -400,7 +467,9 @@ class Worker:
                     cancel.set()
 
             confirm.add_done_callback(claimed)  # at once when it is already settled
-        return run_in_sandbox(package, timeout=float(offer.timeout), limits=limits, on_stdout=say.line, cancel=cancel)
+        return run_in_sandbox(
+            package, timeout=float(offer.timeout), limits=limits, on_stdout=say.line, cancel=cancel
+        )
 
     def on_complete(self, offer: TaskOffer, result: bytes) -> None:
         """Store the result and settle: a result the sandbox cut short refunds the requester."""
@@ -413,7 +482,9 @@ class Worker:
             if parsed.failure:
                 self.market.report_failure(offer.task_id, digest, cid, offer.validators)
                 self.failed += 1
-                log.info("worker %s: task %d failed in the sandbox: %s", self.name, offer.task_id, parsed.failure)
+                log.info(
+                    "worker %s: task %d failed in the sandbox: %s", self.name, offer.task_id, parsed.failure
+                )
             else:
                 self.market.submit_result(offer.task_id, digest, cid, offer.validators)
                 self.completed += 1
@@ -426,10 +497,13 @@ class Worker:
     def on_failure(self, offer: TaskOffer, exc: BaseException) -> None:
         """Something outside the task broke (store down, bad package): give the seat back."""
         log.warning("worker %s could not run task %d: %s", self.name, offer.task_id, exc)
-        self.channel.publish(offer.task_id, "note", {"message": f"worker {self.name} gave the task back: {exc}"})
+        self.channel.publish(
+            offer.task_id, "note", {"message": f"worker {self.name} gave the task back: {exc}"}
+        )
         if offer.task_id in self._direct:
             self._seated.discard(offer.task_id)
-            self.board.give_back(offer.task_id)  # type: ignore[union-attr]
+            if self.board is not None:
+                self.board.give_back(offer.task_id)
             return
         try:
             self.market.release(offer.task_id)
@@ -449,4 +523,9 @@ class Worker:
             self._leases[offer.task_id] = int(time.time()) + offer.lease
 
     def stats(self) -> dict[str, Any]:
-        return {"name": self.name, "account": self.market.account, "completed": self.completed, "failed": self.failed}
+        return {
+            "name": self.name,
+            "account": self.market.account,
+            "completed": self.completed,
+            "failed": self.failed,
+        }

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_trust import Market
 
+from decloud_magics.chain.market import wait_until
 from decloud_magics.client import Client
 from decloud_magics.worker.service import Share, Worker
 
@@ -54,7 +55,8 @@ def test_shares_split_tasks_by_id_without_a_claim(operator: Operator) -> None:
         assert operator.claims(run.task_id) == []  # not one claim transaction
         kinds = [e.kind.value for e in run.events]
         assert kinds == ["created", "order_placed", "running", "completed"]
-    assert first.completed == 3 and second.completed == 3
+    # counted once the settlement's transaction returns, which may be just after the client saw it
+    assert wait_until(lambda: (first.completed, second.completed) == (3, 3), timeout=30)
 
 
 def test_a_long_task_is_claimed_by_its_owner_before_others_may_take_it(operator: Operator) -> None:

@@ -6,7 +6,8 @@ market, the store and the live channel, never to the client's memory.
 
 Handling one task is a template method: ``accepts`` → ``before_start`` (claim)
 → ``execute`` (fetch, sandbox) → ``on_complete`` (store, submit) or
-``on_failure`` (release the seat so another worker can take it).
+``on_failure`` (release the seat so another worker can take it). Results are
+settled by a ``Settler`` thread, batched when they queue up.
 
 A single-validator task needs no claim on chain: the first valid result settles
 it. Workers of one operator split such tasks without claims, which saves a
@@ -30,6 +31,7 @@ from ..chain.market import ChainStatus, Market, MarketEvent
 from ..channel import LiveChannel, NullChannel
 from ..errors import DecloudError
 from ..store.base import Store
+from .settler import Settlement, Settler
 
 log = logging.getLogger("decloud.worker")
 
@@ -211,6 +213,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(
             max_workers=self.policy.slots, thread_name_prefix=f"decloud-{self.name}"
         )
+        self._settler = Settler(market, self._settled, name=self.name)
         # claims are sent while their tasks already run (see before_start)
         self._claims = ThreadPoolExecutor(
             max_workers=self.policy.slots, thread_name_prefix=f"decloud-{self.name}-c"
@@ -275,6 +278,7 @@ class Worker:
         end = time.monotonic() + timeout
         while self._held and time.monotonic() < end:
             time.sleep(0.05)
+        self._settler.close(max(0.0, end - time.monotonic()))  # results already computed still get paid
         for task_id in list(self._held - self._direct):
             try:
                 self.market.release(task_id)
@@ -472,27 +476,27 @@ class Worker:
         )
 
     def on_complete(self, offer: TaskOffer, result: bytes) -> None:
-        """Store the result and settle: a result the sandbox cut short refunds the requester."""
+        """Store the result and queue its settlement: a result the sandbox cut short refunds the requester."""
         from ..package import decode_result, result_digest
 
         parsed = decode_result(result)
         cid = self.store.put(result)
         digest = result_digest(result)
-        try:
-            if parsed.failure:
-                self.market.report_failure(offer.task_id, digest, cid, offer.validators)
-                self.failed += 1
-                log.info(
-                    "worker %s: task %d failed in the sandbox: %s", self.name, offer.task_id, parsed.failure
-                )
-            else:
-                self.market.submit_result(offer.task_id, digest, cid, offer.validators)
-                self.completed += 1
-                log.info("worker %s completed task %d -> %s", self.name, offer.task_id, cid)
-            # the requester's client looks at the chain at once rather than at its next poll
-            self.channel.publish(offer.task_id, "settled", {"worker": self.market.account})
-        except DecloudError as exc:
-            log.warning("worker %s could not settle task %d: %s", self.name, offer.task_id, exc)
+        self._settler.put(Settlement(offer.task_id, digest, cid, offer.validators, parsed.failure or None))
+
+    def _settled(self, settlement: Settlement, accepted: bool, refusal: str | None) -> None:
+        task_id = settlement.task_id
+        if not accepted:
+            log.warning("worker %s could not settle task %d: %s", self.name, task_id, refusal)
+            return
+        if settlement.failure is not None:
+            self.failed += 1
+            log.info("worker %s: task %d failed in the sandbox: %s", self.name, task_id, settlement.failure)
+        else:
+            self.completed += 1
+            log.info("worker %s completed task %d -> %s", self.name, task_id, settlement.cid)
+        # the requester's client looks at the chain at once rather than at its next poll
+        self.channel.publish(task_id, "settled", {"worker": self.market.account})
 
     def on_failure(self, offer: TaskOffer, exc: BaseException) -> None:
         """Something outside the task broke (store down, bad package): give the seat back."""

@@ -45,7 +45,7 @@ def test_results_that_queue_behind_a_transaction_are_sent_in_one_batch() -> None
 
     assert sent == [ids[:1], ids[1:]]  # one alone, then everything that waited, in one transaction
     assert [(t, ok) for t, ok, _ in outcomes] == [(t, t != ids[4]) for t in ids]
-    assert "another worker settled the task first" in dict((t, w) for t, _, w in outcomes)[ids[4]]
+    assert "another worker settled the task first" in {t: w for t, _, w in outcomes}[ids[4]]
     assert [requester.get_task(t).status for t in ids] == [ChainStatus.COMPLETED] * 6
     assert worker.balance() > before  # five prices in, two transactions' gas out
 

@@ -39,6 +39,7 @@ _ARROW_META_KEY = b"decloud"
 
 #: What ``Encoded.data`` may be: a decoded package hands out zero-copy slices of itself.
 BytesLike = bytes | bytearray | memoryview
+Parts = tuple[BytesLike, ...]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,30 @@ class Encoded:
     codec: str
     data: BytesLike
     type_name: str
+
+
+@dataclass(frozen=True)
+class EncodedParts:
+    """A value as buffers to be written one after another, before they are joined.
+
+    The parts may share memory with the value itself (an array's data, an
+    Arrow buffer), so a package can copy them once, straight into its own
+    bytes; use them before the value changes.
+    """
+
+    codec: str
+    parts: Parts
+    type_name: str
+
+    @property
+    def nbytes(self) -> int:
+        return sum(memoryview(p).nbytes for p in self.parts)
+
+    def joined(self) -> Encoded:
+        """The value as one ``bytes``: one copy of the parts, none for a single ``bytes``."""
+        if len(self.parts) == 1 and type(self.parts[0]) is bytes:
+            return Encoded(self.codec, self.parts[0], self.type_name)
+        return Encoded(self.codec, b"".join(self.parts), self.type_name)
 
 
 class _NoSafeFormat(Exception):
@@ -82,10 +107,23 @@ def encode_value(name: str, value: Any, *, allow_pickle: bool, role: Role = "inp
     >>> encode_value("n", (1, 2.5, None), allow_pickle=False).codec
     'json'
     """
+    return encode_parts(name, value, allow_pickle=allow_pickle, role=role).joined()
+
+
+def encode_parts(name: str, value: Any, *, allow_pickle: bool, role: Role = "input") -> EncodedParts:
+    """Like ``encode_value``, but the bytes stay in parts that may share the value's memory.
+
+    A package writes the parts straight into itself, which saves a copy of
+    every large array or frame.
+
+    >>> enc = encode_parts("a", bytearray(b"ab"), allow_pickle=False)
+    >>> enc.codec, enc.nbytes
+    ('bytes', 2)
+    """
     type_name = type_name_of(value)
     for codec, encoder in _ENCODERS:
         try:
-            return Encoded(codec, encoder(value), type_name)
+            return EncodedParts(codec, encoder(value), type_name)
         except _NoSafeFormat:
             continue
         except MemoryError:
@@ -101,7 +139,7 @@ def encode_value(name: str, value: Any, *, allow_pickle: bool, role: Role = "inp
     try:
         import cloudpickle
 
-        return Encoded("pickle", cloudpickle.dumps(value, protocol=5), type_name)
+        return EncodedParts("pickle", (cloudpickle.dumps(value, protocol=5),), type_name)
     except Exception as exc:  # pickling runs arbitrary __reduce__ code: any error is possible
         reason = _short(exc)
         if role == "input":
@@ -155,12 +193,14 @@ def decode_value(name: str, encoded: Encoded, *, allow_pickle: bool) -> Any:
         ) from None
 
 
-def encoded_size(encoded: Encoded) -> int:
+def encoded_size(encoded: Encoded | EncodedParts) -> int:
     """Bytes the value takes in a package."""
-    return len(encoded.data)
+    if isinstance(encoded, EncodedParts):
+        return encoded.nbytes
+    return memoryview(encoded.data).nbytes
 
 
-def check_size(name: str, encoded: Encoded, limit_bytes: int, *, role: Role = "input") -> None:
+def check_size(name: str, encoded: Encoded | EncodedParts, limit_bytes: int, *, role: Role = "input") -> None:
     """Refuse a value over the limit before it is stored or sent."""
     size = encoded_size(encoded)
     if size > limit_bytes and role == "input":
@@ -220,14 +260,14 @@ def _from_tree(node: Any) -> Any:
     raise ValueError(f"unknown JSON tag {tag[:20]!r}")
 
 
-def _encode_json(value: Any) -> bytes:
+def _encode_json(value: Any) -> Parts:
     try:
         tree = _to_tree(value)
         try:
             text = json.dumps(tree, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-            return text.encode("utf-8")
+            return (text.encode("utf-8"),)
         except UnicodeEncodeError:  # lone surrogates survive only as \\u escapes
-            return json.dumps(tree, separators=(",", ":"), allow_nan=False).encode("ascii")
+            return (json.dumps(tree, separators=(",", ":"), allow_nan=False).encode("ascii"),)
     except (RecursionError, ValueError):  # cycles, deep nesting, ints past the digit limit
         raise _NoSafeFormat from None
 
@@ -239,7 +279,7 @@ def _decode_json(data: BytesLike, type_name: str) -> Any:
 # -- npy ---------------------------------------------------------------------
 
 
-def _encode_npy(value: Any) -> bytes:
+def _encode_npy(value: Any) -> Parts:
     np = sys.modules.get("numpy")
     if np is None:  # numpy was never imported, so the value cannot be one of its types
         raise _NoSafeFormat
@@ -260,8 +300,8 @@ def _encode_npy(value: Any) -> bytes:
         fmt.write_array_header_2_0(head, header)
     flat = value.T if header["fortran_order"] else value
     body = flat.reshape(-1).view(np.uint8) if value.size else b""
-    # One copy: join writes the header and the array's memory straight into the result.
-    return b"".join([head.getbuffer(), memoryview(body)])
+    # The array's own memory, not a copy: whoever joins the parts copies it once.
+    return (head.getvalue(), memoryview(body))
 
 
 def _decode_npy(data: BytesLike, type_name: str) -> Any:
@@ -298,7 +338,7 @@ def _decode_npy(data: BytesLike, type_name: str) -> Any:
 # names, object-dtype string columns, a Series' name, a DatetimeIndex's freq.
 
 
-def _encode_arrow(value: Any) -> bytes:
+def _encode_arrow(value: Any) -> Parts:
     pd = sys.modules.get("pandas")
     if pd is None or type(value) not in (pd.DataFrame, pd.Series):
         raise _NoSafeFormat
@@ -345,10 +385,15 @@ def _encode_arrow(value: Any) -> bytes:
     schema_meta = dict(table.schema.metadata or {})
     schema_meta[_ARROW_META_KEY] = json.dumps(meta, separators=(",", ":")).encode()
     table = table.replace_schema_metadata(schema_meta)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    # Measured first, then written once into a buffer of the right size: a
+    # growing stream would copy the data again each time it doubled.
+    mock = pa.MockOutputStream()
+    with pa.ipc.new_stream(mock, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    buffer = pa.allocate_buffer(mock.size())
+    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(buffer), table.schema) as writer:
+        writer.write_table(table)
+    return (memoryview(buffer),)  # Arrow's buffer itself: to_pybytes() would copy it
 
 
 def _decode_arrow(data: BytesLike, type_name: str) -> Any:
@@ -391,10 +436,10 @@ def _decode_arrow(data: BytesLike, type_name: str) -> Any:
 # -- module and bytes --------------------------------------------------------
 
 
-def _encode_module(value: Any) -> bytes:
+def _encode_module(value: Any) -> Parts:
     if not isinstance(value, types.ModuleType):
         raise _NoSafeFormat
-    return value.__name__.encode("utf-8")
+    return (value.__name__.encode("utf-8"),)
 
 
 def _decode_module(name: str, encoded: Encoded, trusted: bool) -> Any:
@@ -447,10 +492,10 @@ def _installed(top: str) -> bool:
     return bool(places) and all(any(os.path.realpath(p).startswith(r) for r in roots) for p in places)
 
 
-def _encode_bytes(value: Any) -> bytes:
+def _encode_bytes(value: Any) -> Parts:
     if type(value) not in (bytes, bytearray):
         raise _NoSafeFormat
-    return bytes(value)  # the same object for bytes, a copy of a bytearray
+    return (value,)  # a bytearray is copied where the parts are joined, and only there
 
 
 def _decode_bytes(data: BytesLike, type_name: str) -> Any:
@@ -458,6 +503,6 @@ def _decode_bytes(data: BytesLike, type_name: str) -> Any:
 
 
 # In order of preference; pickle, the last resort, is handled by encode_value itself.
-_ENCODERS: tuple[tuple[str, Callable[[Any], bytes]], ...] = (("json", _encode_json), ("npy", _encode_npy))
+_ENCODERS: tuple[tuple[str, Callable[[Any], Parts]], ...] = (("json", _encode_json), ("npy", _encode_npy))
 _ENCODERS += (("arrow", _encode_arrow), ("module", _encode_module), ("bytes", _encode_bytes))
 _DECODERS = {"json": _decode_json, "npy": _decode_npy, "arrow": _decode_arrow, "bytes": _decode_bytes}

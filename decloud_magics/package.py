@@ -4,8 +4,15 @@ One container format serves both directions::
 
     b"DCLD" + version byte + 4-byte big-endian manifest length
     + manifest (JSON, sorted keys, compact, UTF-8)
-    + blobs (concatenated; the manifest gives each one's offset, length, sha256)
+    + blobs (concatenated; the manifest gives each one's offset and length)
     [+ results only: 4-byte length + JSON trailer with timings]
+
+Blobs carry no hashes of their own (format 1 had a sha256 per blob): a
+package only ever reaches a decoder through a check that already covers all
+of its bytes, the store's CID check on read or the chain's ``result_digest``,
+so a second hash of every blob would double the cost of a large value and
+catch nothing. Format 1 packages are still read, and their blob hashes
+checked unless ``verify=False``.
 
 Encoding is deterministic, so two honest workers that run the same
 deterministic cell produce byte-identical bodies and equal ``result_digest``s,
@@ -27,11 +34,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .analysis import cell_names
-from .codecs import MB, BytesLike, Encoded, check_size, decode_value, encode_value
+from .codecs import MB, BytesLike, Encoded, EncodedParts, check_size, decode_value, encode_parts
 from .errors import IntegrityError, SerializationError, UnsafeValueError, UsageError
 from .untrusted import loads_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 MAGIC = b"DCLD"
 DEFAULT_MAX_INPUT_BYTES = 100 * MB
 _PREFIX = 9  # magic, version, manifest length
@@ -117,7 +125,7 @@ def build_task_package(
 
     >>> pkg, data = build_task_package("y = x * 2", {"x": 21})
     >>> list(pkg.inputs), data[:5]
-    (['x'], b'DCLD\\x01')
+    (['x'], b'DCLD\\x02')
     """
     names = cell_names(code)  # raises UsageError for syntax errors and IPython-only lines
     if inputs is None:
@@ -133,23 +141,26 @@ def build_task_package(
     if outputs is not None:
         outputs = tuple(dict.fromkeys(outputs))
         _check_identifiers("--out", outputs)
-    encoded: dict[str, Encoded] = {}
+    encoded: dict[str, EncodedParts] = {}
     for var in chosen:
-        enc = encode_value(var, namespace[var], allow_pickle=True, role="input")
+        enc = encode_parts(var, namespace[var], allow_pickle=True, role="input")
         check_size(var, enc, max_input_bytes)
         encoded[var] = enc
-    total = sum(len(e.data) for e in encoded.values())
+    total = sum(e.nbytes for e in encoded.values())
     if total > max_input_bytes:
         biggest = ", ".join(
-            f"'{n}' {len(e.data) / MB:.1f} MB"
-            for n, e in sorted(encoded.items(), key=lambda i: -len(i[1].data))[:3]
+            f"'{n}' {e.nbytes / MB:.1f} MB"
+            for n, e in sorted(encoded.items(), key=lambda i: -i[1].nbytes)[:3]
         )
         raise SerializationError(
             f"The inputs total {total / MB:.1f} MB (largest: {biggest}), over the {max_input_bytes / MB:.1f} MB limit: "
             "leave some out with --in, raise DecloudMagics.max_input_mb or pass smaller values."
         )
-    pkg = TaskPackage(code, encoded, outputs, bool(trust_pickle), name=name)
-    return pkg, encode_task(pkg)
+    pkg = TaskPackage(code, {}, outputs, bool(trust_pickle), name=name)
+    data, views = _pack(_task_manifest(pkg), [(_input_entry(n, e), e.parts) for n, e in encoded.items()])
+    # The inputs are read back as views of the package: its one copy of each value serves both.
+    pkg.inputs = {n: Encoded(e.codec, view, e.type_name) for (n, e), view in zip(encoded.items(), views)}
+    return pkg, data
 
 
 def _check_identifiers(flag: str, names: Sequence[str]) -> None:
@@ -160,7 +171,12 @@ def _check_identifiers(flag: str, names: Sequence[str]) -> None:
 
 def encode_task(pkg: TaskPackage) -> bytes:
     """The task as deterministic bytes, ready for the content store."""
-    manifest = {
+    blobs = [(_input_entry(n, e), (e.data,)) for n, e in pkg.inputs.items()]
+    return _pack(_task_manifest(pkg), blobs)[0]
+
+
+def _task_manifest(pkg: TaskPackage) -> dict[str, Any]:
+    return {
         "kind": "task",
         "code": pkg.code,
         "outputs": None if pkg.outputs is None else list(pkg.outputs),
@@ -168,18 +184,18 @@ def encode_task(pkg: TaskPackage) -> bytes:
         "python": pkg.python,
         "name": pkg.name,
     }
-    blobs = [
-        ({"role": "input", "name": n, "codec": e.codec, "type_name": e.type_name}, e.data)
-        for n, e in pkg.inputs.items()
-    ]
-    return _pack(manifest, blobs, trailer=None)
+
+
+def _input_entry(name: str, enc: Encoded | EncodedParts) -> dict[str, Any]:
+    return {"role": "input", "name": name, "codec": enc.codec, "type_name": enc.type_name}
 
 
 def decode_task(data: bytes, *, verify: bool = True) -> TaskPackage:
     """Parse task bytes; raises ``IntegrityError``/``SerializationError``, never unpickles.
 
-    ``verify=False`` skips the per-blob sha256 checks: only for bytes whose
-    content address the store has just verified, which already covers them.
+    Values are read-only views of ``data``, not copies. ``verify`` only
+    matters for format 1 packages, whose per-blob sha256 it checks (pass False
+    for bytes whose CID the store has just verified, which covers them).
     """
     manifest, blobs, _trailer, _end = _unpack(data, "task", verify)
     outputs = _get(manifest, "outputs", (list, type(None)), "task")
@@ -218,24 +234,25 @@ def encode_result(res: ResultPackage) -> bytes:
     displays = json.dumps(res.displays, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
         "utf-8"
     )
-    blobs: list[tuple[dict[str, Any], BytesLike]] = [
-        ({"role": "stdout"}, res.stdout.encode("utf-8", "replace")),
-        ({"role": "stderr"}, res.stderr.encode("utf-8", "replace")),
-        ({"role": "displays"}, displays),
+    blobs: list[tuple[dict[str, Any], tuple[BytesLike, ...]]] = [
+        ({"role": "stdout"}, (res.stdout.encode("utf-8", "replace"),)),
+        ({"role": "stderr"}, (res.stderr.encode("utf-8", "replace"),)),
+        ({"role": "displays"}, (displays,)),
     ]
     blobs += [
-        ({"role": "value", "name": n, "codec": e.codec, "type_name": e.type_name}, e.data)
+        ({"role": "value", "name": n, "codec": e.codec, "type_name": e.type_name}, (e.data,))
         for n, e in res.values.items()
     ]
     trailer = {"timings": {k: float(v) for k, v in res.timings.items()}, "sandbox": dict(res.sandbox)}
-    return _pack(manifest, blobs, trailer)
+    return _pack(manifest, blobs, trailer)[0]
 
 
 def decode_result(data: bytes, *, verify: bool = True) -> ResultPackage:
     """Parse result bytes from a worker; raises ``IntegrityError``/``SerializationError`` only.
 
-    ``verify=False`` skips the per-blob sha256 checks, for bytes already
-    matched against ``result_digest`` (which covers every blob).
+    ``verify`` only matters for format 1 packages, whose per-blob sha256 it
+    checks (pass False for bytes already matched against ``result_digest``,
+    which covers every blob).
     """
     manifest, blobs, trailer, _end = _unpack(data, "result", verify)
     res = ResultPackage(
@@ -318,26 +335,27 @@ def decode_values(
 
 
 def _pack(
-    manifest: dict[str, Any], blobs: list[tuple[dict[str, Any], BytesLike]], trailer: dict[str, Any] | None
-) -> bytes:
+    manifest: dict[str, Any],
+    blobs: Sequence[tuple[dict[str, Any], Sequence[BytesLike]]],
+    trailer: dict[str, Any] | None = None,
+) -> tuple[bytes, list[memoryview]]:
+    """The package bytes, and a read-only view of each blob inside them."""
     entries, offset = [], 0
-    for entry, data in blobs:
-        entries.append(
-            {**entry, "offset": offset, "length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        )
-        offset += len(data)
+    for entry, pieces in blobs:
+        size = sum(memoryview(p).nbytes for p in pieces)
+        entries.append({**entry, "offset": offset, "length": size})
+        offset += size
     head = _json_bytes({**manifest, "format": FORMAT_VERSION, "blobs": entries})
-    parts: list[Any] = [
-        MAGIC,
-        bytes([FORMAT_VERSION]),
-        len(head).to_bytes(4, "big"),
-        head,
-        *(d for _, d in blobs),
-    ]
+    parts: list[Any] = [MAGIC, bytes([FORMAT_VERSION]), len(head).to_bytes(4, "big"), head]
+    for _entry, pieces in blobs:
+        parts += pieces
     if trailer is not None:
         tail = _json_bytes(trailer)
         parts += [len(tail).to_bytes(4, "big"), tail]
-    return b"".join(parts)  # one copy of every blob, straight into the package
+    data = b"".join(parts)  # the one copy of every blob, straight from the value's memory
+    view = memoryview(data)
+    start = _PREFIX + len(head)
+    return data, [view[start + e["offset"] : start + e["offset"] + e["length"]] for e in entries]
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -355,7 +373,7 @@ def _unpack(
             f"These bytes are not a decloud {kind} package (the header is missing); the content store returned something else."
         )
     version = view[4]
-    if version != FORMAT_VERSION:
+    if version not in _READABLE_VERSIONS:
         raise SerializationError(
             f"This {kind} package uses format version {version}, which this decloud_magics cannot read; upgrade decloud_magics."
         )
@@ -366,11 +384,7 @@ def _unpack(
         manifest = loads_json(view[_PREFIX : _PREFIX + length])
     except (ValueError, RecursionError):
         raise _damaged(kind, "its manifest is not valid JSON") from None
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get("kind") != kind
-        or manifest.get("format") != FORMAT_VERSION
-    ):
+    if not isinstance(manifest, dict) or manifest.get("kind") != kind or manifest.get("format") != version:
         raise _damaged(kind, f"it is not a {kind} manifest")
     start = _PREFIX + length
     blobs, expected = [], 0
@@ -383,14 +397,14 @@ def _unpack(
             or type(size) is not int
             or offset != expected
             or size < 0
-            or not isinstance(digest, str)
+            or (version == 1 and not isinstance(digest, str))
         ):
             raise _damaged(kind, "its blob table is inconsistent")
         expected += size
         if start + expected > len(view):
             raise _damaged(kind, "it is truncated")
         blob = view[start + offset : start + offset + size]
-        if verify and hashlib.sha256(blob).hexdigest() != digest:
+        if version == 1 and verify and hashlib.sha256(blob).hexdigest() != digest:
             raise IntegrityError(
                 f"The {kind} package is corrupted: its blob {str(entry.get('name', entry.get('role')))[:40]!r} does not match its sha256; "
                 "fetch it again."

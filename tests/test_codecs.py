@@ -16,7 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decloud_magics.codecs import MB, Encoded, check_size, decode_value, encode_value, encoded_size
+from decloud_magics.codecs import (
+    MB,
+    Encoded,
+    check_size,
+    decode_value,
+    encode_parts,
+    encode_value,
+    encoded_size,
+)
 from decloud_magics.errors import SerializationError, UnsafeValueError
 
 
@@ -179,6 +187,44 @@ def test_large_array_is_one_copy_and_exact() -> None:
     enc, back = roundtrip(array)
     assert encoded_size(enc) == array.nbytes + 128
     assert np.array_equal(back, array)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.arange(12.0).reshape(3, 4),
+        np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        np.arange(20).reshape(4, 5)[::2, 1::2],
+        np.zeros((0, 3)),
+        np.int8(-3),
+        pd.DataFrame({"a": [1, 2], "s": ["x", None]}),
+        pd.Series([1.5, 2.5], name="s"),
+        b"raw",
+        bytearray(b"raw"),
+        [1, "two", None],
+        np,
+        {1, 2},
+    ],
+)
+def test_parts_join_to_what_encode_value_gives(value: Any) -> None:
+    parts = encode_parts("v", value, allow_pickle=True)
+    enc = encode_value("v", value, allow_pickle=True)
+    assert (parts.codec, parts.type_name) == (enc.codec, enc.type_name)
+    assert b"".join(parts.parts) == enc.data and type(enc.data) is bytes
+    assert parts.nbytes == encoded_size(parts) == encoded_size(enc) == len(enc.data)
+
+
+def test_array_parts_are_the_array_s_own_memory() -> None:
+    array = np.random.default_rng(0).random(1000)
+    header, body = encode_parts("a", array, allow_pickle=False).parts
+    assert np.shares_memory(np.frombuffer(body, dtype=np.uint8), array)
+    assert bytes(header).startswith(b"\x93NUMPY") and memoryview(body).nbytes == array.nbytes
+
+
+def test_check_size_reads_parts_without_joining_them() -> None:
+    parts = encode_parts("big", np.zeros(2 * MB // 8), allow_pickle=False)
+    with pytest.raises(SerializationError, match=r"^Input 'big' is 2.0 MB, over the 1.0 MB limit"):
+        check_size("big", parts, 1 * MB)
 
 
 def test_object_arrays_are_not_npy() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,10 +21,13 @@ from ipfs_fixture import TOOLS, running_node
 from decloud_magics.devnet.ipfs_node import (
     IpfsNode,
     ensure_ipfs_installed,
+    ipfs_installed,
+    node_binary,
 )
 from decloud_magics.errors import ConfigError, ContentNotFound, IntegrityError, NetworkUnreachable, StoreError
-from decloud_magics.store import KuboStore, cid_for, parse_cid, verify
-from decloud_magics.store.cid import DAG_PB
+from decloud_magics.store import KuboStore, LocalStore, cid_for, parse_cid, verify
+from decloud_magics.store.cid import DAG_PB, RAW
+from decloud_magics.store.unixfs import CHUNK_SIZE, MAX_LINKS, file_root
 
 MiB = 1024 * 1024
 
@@ -52,11 +56,26 @@ def test_node_answers(kubo: KuboStore, node: IpfsNode) -> None:
 
 
 @pytest.mark.devnet
-@pytest.mark.parametrize("size", [0, 5, 1000, 256 * 1024 + 1, MiB])
-def test_single_block_put_matches_cid_for(kubo: KuboStore, size: int) -> None:
+@pytest.mark.parametrize(
+    "size",
+    [
+        0,
+        1,
+        1000,
+        CHUNK_SIZE,  # the last size that is one raw block
+        CHUNK_SIZE + 1,  # two leaves under a dag-pb root
+        3 * MiB + 7,
+        MAX_LINKS * CHUNK_SIZE,  # a full root
+        MAX_LINKS * CHUNK_SIZE + 1,  # one leaf more: a second level
+        (MAX_LINKS + 1) * CHUNK_SIZE + 5,
+    ],
+)
+def test_node_and_local_store_give_the_same_cid(kubo: KuboStore, tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
-    cid = kubo.put(data)
-    assert cid == cid_for(data)  # one raw block, named as the local store names it
+    cid = kubo.put(data)  # the node's own answer (put raises if it differs from cid_for)
+    assert cid == cid_for(data) == LocalStore(tmp_path).put(data)
+    assert parse_cid(cid).codec == (RAW if size <= CHUNK_SIZE else DAG_PB)
+    assert verify(cid, data) is True  # checked here, whatever the size
     assert kubo.has(cid)
     assert kubo.get(cid) == data
 
@@ -68,15 +87,60 @@ def test_known_cids_from_the_node(kubo: KuboStore) -> None:
 
 
 @pytest.mark.devnet
-@pytest.mark.parametrize("size", [MiB + 1, 3 * MiB])
-def test_multi_block_roundtrip(kubo: KuboStore, size: int) -> None:
-    data = os.urandom(size)
-    cid = kubo.put(data)
-    parsed = parse_cid(cid)
-    assert cid.startswith("bafybei") and parsed.codec == DAG_PB
-    assert verify(cid, data) is False  # trusted to the node; the chain's sha256 is checked by the client
-    assert kubo.has(cid)
-    assert kubo.get(cid) == data
+def test_a_tree_built_another_way_is_left_to_the_node(kubo: KuboStore) -> None:
+    data = os.urandom(MiB + 1)
+    answer = kubo._call(  # one 1 MiB chunk and a 1-byte one: not the tree cid_for builds
+        "add", {"cid-version": "1", "raw-leaves": "true", "chunker": f"size-{MiB}", "quieter": "true"},
+        body=_multipart(data), headers={"Content-Type": "multipart/form-data; boundary=b0undary"}, what="add",
+    ).text  # fmt: skip
+    cid = parse_cid(json.loads(answer.splitlines()[-1])["Hash"]).to_v1()
+    assert cid != cid_for(data)
+    assert verify(cid, data) is False
+    assert kubo.get(cid) == data  # the size check from files/stat still guards it
+
+
+def _multipart(data: bytes) -> bytes:
+    head = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="data"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n"
+    )
+    return head + data + b"\r\n--b0undary--\r\n"
+
+
+_IMPORT_JS = """
+import { importer } from 'ipfs-unixfs-importer'
+import { MemoryBlockstore } from 'blockstore-core/memory'
+let text = ''
+for await (const piece of process.stdin) text += piece
+const { chunk, links, payloads } = JSON.parse(text)
+for (const hex of payloads) {
+  let root
+  const options = { cidVersion: 1, rawLeaves: true, maxChunkSize: chunk, avgChunkSize: chunk, maxChildrenPerNode: links }
+  for await (const entry of importer([{ content: Buffer.from(hex, 'hex') }], new MemoryBlockstore(), options)) root = entry
+  console.log(root.cid.toString())
+}
+"""
+
+
+def test_deep_trees_match_the_js_importer() -> None:
+    """Trees three and four levels deep, with tiny chunks and fan-out so they stay small.
+
+    At the real sizes a third level starts past 174 * 174 leaves (7.9 GB),
+    too much for a test; the layout code is the same for every size.
+    """
+    if not ipfs_installed(TOOLS):
+        pytest.skip(f"JS-IPFS IS NOT INSTALLED in {TOOLS}: the js importer comparison did NOT run.")
+    chunk, links = 4, 3
+    sizes = [0, 1, 4, 5, 12, 13, 36, 37, 108, 109, 1000]
+    payloads = [os.urandom(n) for n in sizes]
+    out = subprocess.run(
+        [str(node_binary(TOOLS)), "--input-type=module", "-e", _IMPORT_JS],
+        input=json.dumps({"chunk": chunk, "links": links, "payloads": [p.hex() for p in payloads]}),
+        capture_output=True, text=True, cwd=TOOLS, timeout=120, check=True,
+    )  # fmt: skip
+    theirs = out.stdout.split()
+    ours = [file_root(p, chunk_size=chunk, max_links=links).to_v1() for p in payloads]
+    assert ours == theirs
 
 
 @pytest.mark.devnet
@@ -209,7 +273,7 @@ def test_put_refuses_a_node_that_names_content_wrongly(fake: tuple[str, _Script]
     with pytest.raises(IntegrityError, match="misconfigured or corrupting"):
         KuboStore(url).put(b"mine")
     path, body = script.requests[0]
-    assert path.startswith("/api/v0/add?") and "chunker=size-1048576" in path and "raw-leaves=true" in path
+    assert path.startswith("/api/v0/add?") and "chunker=size-262144" in path and "raw-leaves=true" in path
     assert b"Content-Type: application/octet-stream" in body and b"mine" in body
 
 
@@ -256,3 +320,21 @@ def test_get_catches_a_multi_block_answer_cut_short(fake: tuple[str, _Script]) -
     with pytest.raises(IntegrityError, match="sent 1000 of the 3000000 bytes"):
         KuboStore(url).get(tree)
     assert [p.split("?")[0] for p, _ in script.requests] == ["/api/v0/cat", "/api/v0/files/stat"]
+
+
+def test_put_checks_the_tree_cid_of_large_content(fake: tuple[str, _Script]) -> None:
+    url, script = fake
+    data = os.urandom(CHUNK_SIZE + 1)
+    script.responses = [_added(cid_for(data[:-1] + b"!"))]
+    with pytest.raises(IntegrityError, match="misconfigured or corrupting"):
+        KuboStore(url).put(data)
+    script.responses = [_added(cid_for(data))]
+    assert KuboStore(url).put(data) == cid_for(data)
+
+
+def test_get_checks_a_tree_itself_without_asking_for_its_size(fake: tuple[str, _Script]) -> None:
+    url, script = fake
+    data = os.urandom(2 * CHUNK_SIZE + 3)
+    script.responses = [(200, data)]
+    assert KuboStore(url).get(cid_for(data)) == data
+    assert [p.split("?")[0] for p, _ in script.requests] == ["/api/v0/cat"]

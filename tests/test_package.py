@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from decloud_magics.codecs import MB, Encoded, encode_value
+from decloud_magics.codecs import MB, Encoded, decode_value, encode_value
 from decloud_magics.errors import IntegrityError, SerializationError, UnsafeValueError, UsageError
 from decloud_magics.package import (
     RemoteErrorInfo,
@@ -62,7 +62,7 @@ def test_build_task_package_picks_what_the_cell_reads() -> None:
     assert list(pkg.inputs) == ["np", "x", "max"]  # '_' is IPython's; 'max' shadows a builtin in the notebook
     assert pkg.inputs["np"].codec == "module"
     assert pkg.outputs is None and pkg.allow_pickle_outputs is False
-    assert data[:5] == b"DCLD\x01"
+    assert data[:5] == b"DCLD\x02"
     assert decode_task(data) == pkg
 
 
@@ -139,9 +139,38 @@ def test_manifest_layout() -> None:
         "type_name": "bytes",
         "offset": 0,
         "length": 3,
-        "sha256": hashlib.sha256(b"abc").hexdigest(),
     }
     assert data[9 + length :] == b"abc"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.random.default_rng(1).random((300, 7)),
+        np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        np.arange(20).reshape(4, 5)[::2, 1::2],
+        np.zeros((0, 3)),
+        np.float32(1.5),
+        pd.DataFrame({"a": range(5), "s": list("abcde")}),
+        bytearray(b"mutable"),
+        {"k": (1, 2.5)},
+    ],
+)
+def test_inputs_are_views_of_the_one_package_copy(value: Any) -> None:
+    pkg, data = build_task_package("y = v", {"v": value})
+    enc = pkg.inputs["v"]
+    assert isinstance(enc.data, memoryview) and enc.data.obj is data  # no second copy of the value
+    assert encode_task(pkg) == data
+    back = decode_task(data).inputs["v"]
+    assert back == enc and back.data.tobytes() == encode_value("v", value, allow_pickle=True).data
+
+
+def test_package_holds_the_value_as_it_was_when_built() -> None:
+    array = np.arange(4.0)
+    _, data = build_task_package("y = array", {"array": array})
+    array[:] = -1  # packing copied the array's memory: later changes do not reach the package
+    back = decode_value("array", decode_task(data).inputs["array"], allow_pickle=False)
+    assert np.array_equal(back, np.arange(4.0))
 
 
 def test_ipython_names() -> None:
@@ -292,11 +321,42 @@ def test_truncated_packages(cut: int) -> None:
         decode_result(data[:cut])
 
 
-def test_flipped_blob_byte_is_caught() -> None:
-    data = bytearray(encode_result(sample_result()))
-    data[_body_end(bytes(data)) - 3] ^= 0xFF
+def _as_format_1(data: bytes) -> bytes:
+    """The same package as format 1 wrote it: a sha256 for every blob."""
+    length = int.from_bytes(data[5:9], "big")
+    manifest = json.loads(data[9 : 9 + length])
+    start = 9 + length
+    for b in manifest["blobs"]:
+        b["sha256"] = hashlib.sha256(
+            data[start + b["offset"] : start + b["offset"] + b["length"]]
+        ).hexdigest()
+    manifest["format"] = 1
+    head = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    return b"DCLD\x01" + len(head).to_bytes(4, "big") + head + data[start:]
+
+
+def test_format_1_packages_are_still_read_and_their_blob_hashes_checked() -> None:
+    _, task = build_task_package("y = x", {"x": np.arange(3.0)})
+    old_task = _as_format_1(task)
+    assert decode_task(old_task) == decode_task(task)
+    old = _as_format_1(encode_result(sample_result()))
+    assert decode_values(decode_result(old), trust_pickle=False)["y"] == 42
+    flipped = bytearray(old)
+    flipped[_body_end(old) - 3] ^= 0xFF
     with pytest.raises(IntegrityError, match="does not match its sha256"):
-        decode_result(bytes(data))
+        decode_result(bytes(flipped))
+    decode_result(bytes(flipped), verify=False)  # after a check that covers every byte
+    missing = _rewrite_manifest(old, lambda m: m["blobs"][0].pop("sha256"))
+    with pytest.raises(IntegrityError, match="blob table is inconsistent"):
+        decode_result(missing)
+
+
+def test_format_2_blobs_are_covered_by_the_result_digest() -> None:
+    data = encode_result(sample_result())
+    flipped = bytearray(data)
+    flipped[_body_end(data) - 3] ^= 0xFF
+    decode_result(bytes(flipped))  # format 2 blobs carry no hash of their own...
+    assert result_digest(bytes(flipped)) != result_digest(data)  # ...the chain's digest covers them
 
 
 def _rewrite_manifest(data: bytes, edit: Any) -> bytes:

@@ -18,13 +18,16 @@ from decloud_magics.store import (
     LocalStore,
     Store,
     cid_for,
+    cid_from_sha256,
     digest_of,
     is_raw_sha256,
     parse_cid,
+    unixfs,
     verify,
 )
 from decloud_magics.store.cid import DAG_PB, RAW, SHA2_256, ParsedCid
 from decloud_magics.store.kubo import _http_url
+from decloud_magics.store.unixfs import CHUNK_SIZE, MAX_LINKS, file_root
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +40,18 @@ KNOWN = {
     b"hello": "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq",
 }
 HELLO_V0 = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"  # "hello world\n" as a dag-pb file
+
+# Larger than one chunk: what a js-ipfs 0.66.1 node printed for `add --cid-version=1
+# --raw-leaves` of shake_256(b"decloud") bytes (tests/test_kubo_store.py compares live).
+KNOWN_TREES = {
+    CHUNK_SIZE + 1: "bafybeie6y7ucwxchsaai2aoobglmmwhzdwxbpj6npnskol3j4berfslovm",
+    3 * 1024 * 1024 + 7: "bafybeigz2v7hmgmf2qlfa2wvsll5omtmofjvunh3z3kgltjluqoatkzlha",
+    (MAX_LINKS + 1) * CHUNK_SIZE + 5: "bafybeia37h4y5nx7ankniujjzqdi2ftutnfzm7pkfv6f4ou756qdnd2kky",
+}
+
+
+def pattern(size: int) -> bytes:
+    return hashlib.shake_256(b"decloud").digest(size)
 
 
 # -- CIDs -----------------------------------------------------------------------
@@ -55,6 +70,29 @@ def test_cid_for_agrees_with_py_cid(data: bytes) -> None:
     assert cid_for(data) == reference.encode("base32").decode()
     parsed = parse_cid(cid_for(data))
     assert parsed == ParsedCid(1, RAW, SHA2_256, hashlib.sha256(data).digest())
+
+
+@pytest.mark.parametrize("size", list(KNOWN_TREES))
+def test_cid_for_large_content_is_the_tree_root_ipfs_gives(size: int) -> None:
+    cid = cid_for(pattern(size))
+    assert cid == KNOWN_TREES[size]
+    assert parse_cid(cid).codec == DAG_PB and not is_raw_sha256(cid)
+
+
+def test_cid_for_one_chunk_is_a_raw_block() -> None:
+    data = pattern(CHUNK_SIZE)
+    assert cid_for(data) == cid_from_sha256(hashlib.sha256(data).digest())
+
+
+def test_leaves_hash_the_same_on_any_number_of_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = pattern(5 * 1024 * 1024 + 3)  # past the size where threads start
+    alone = [hashlib.sha256(data[i : i + CHUNK_SIZE]).digest() for i in range(0, len(data), CHUNK_SIZE)]
+    for cores in (1, 2, 3, 64):
+        monkeypatch.setattr(unixfs, "_cores", lambda cores=cores: cores)
+        assert unixfs.leaf_digests(memoryview(data)) == alone
+        assert file_root(data).to_v1() == cid_for(data)
+    with pytest.raises(ValueError):
+        file_root(data, max_links=1)  # a level of one-link nodes would never reach a root
 
 
 def test_parse_cid_v0_and_other_encodings() -> None:
@@ -106,8 +144,13 @@ def test_verify() -> None:
     assert verify(cid, memoryview(b"payload")) is True
     with pytest.raises(IntegrityError, match="do not match"):
         verify(cid, b"payl0ad")
-    # dag-pb trees are checked by the node (and the chain's sha256), not here
+    # a tree of raw leaves is rebuilt and checked here; a CIDv0 tree (leaves that are not raw) is left to the node
+    big = pattern(CHUNK_SIZE + 1)
+    assert verify(cid_for(big), big) is True
+    assert verify(cid_for(big), bytearray(big)) is True
     assert verify(HELLO_V0, b"anything") is False
+    # a root that differs could be another chunker's tree of the same bytes: the node's word, then its size
+    assert verify(cid_for(big), big[:-1] + b"!") is False
     cbor = ParsedCid(1, 0x71, SHA2_256, b"\x01" * 32).to_v1()
     with pytest.raises(StoreError, match="dag-cbor"):
         verify(cbor, b"")
@@ -164,17 +207,21 @@ def test_local_missing_block(store: LocalStore) -> None:
     assert isinstance(info.value, KeyError)
     with pytest.raises(ContentNotFound):
         store.pin(cid)
-    # a dag-pb CID from a node is simply not something this store holds
+    # a CIDv0 tree from a node (leaves that are not raw) is simply not something this store holds
     assert not store.has(HELLO_V0)
-    with pytest.raises(ContentNotFound, match="single-block raw"):
+    with pytest.raises(ContentNotFound, match="has no block"):
         store.get(HELLO_V0)
+    cbor = ParsedCid(1, 0x71, SHA2_256, b"\x01" * 32).to_v1()
+    with pytest.raises(ContentNotFound, match="raw and dag-pb"):
+        store.get(cbor)
     with pytest.raises(StoreError, match="not a CID"):
         store.get("../../etc/passwd")
 
 
+@pytest.mark.parametrize("size", [100_000, 3 * 1024 * 1024])
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_local_corrupted_block_is_refused_then_repaired(store: LocalStore, damage: str) -> None:
-    data = os.urandom(100_000)
+def test_local_corrupted_block_is_refused_then_repaired(store: LocalStore, damage: str, size: int) -> None:
+    data = os.urandom(size)
     cid = store.put(data)
     path = store.path_for(cid)
     raw = bytearray(path.read_bytes())
@@ -228,8 +275,26 @@ def test_local_concurrent_puts_from_processes(store: LocalStore) -> None:
 def test_local_large_roundtrip(store: LocalStore) -> None:
     data = os.urandom(20 * 1024 * 1024)
     cid = store.put(data)
-    assert cid == cid_for(data)
+    assert cid == cid_for(data) and cid.startswith("bafybei")
     assert store.get(cid) == data
+    assert store.path_for(cid).read_bytes() == data  # one file holds the whole payload
+
+
+@pytest.mark.parametrize("size", list(KNOWN_TREES))
+def test_local_store_names_large_content_as_ipfs_does(store: LocalStore, size: int) -> None:
+    assert store.put(pattern(size)) == KNOWN_TREES[size]
+    assert store.get(KNOWN_TREES[size]) == pattern(size)
+
+
+def test_local_reads_a_large_block_stored_whole_under_its_raw_cid(store: LocalStore) -> None:
+    data = pattern(3 * 1024 * 1024)  # as stores wrote it before large content was chunked
+    raw = cid_from_sha256(hashlib.sha256(data).digest())
+    store.path_for(raw).parent.mkdir(parents=True, exist_ok=True)
+    store.path_for(raw).write_bytes(data)
+    assert store.get(raw) == data
+    store.path_for(raw).write_bytes(data[:-1] + b"!")
+    with pytest.raises(IntegrityError, match="damaged"):
+        store.get(raw)
 
 
 def test_local_default_root_is_in_decloud_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

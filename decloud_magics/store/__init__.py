@@ -1,8 +1,9 @@
 """Content-addressed storage: payloads go in as bytes and come back checked against their CID.
 
 ``LocalStore`` is the ``local`` network's blockstore on disk; ``KuboStore``
-talks to any IPFS node speaking the Kubo RPC API. Both give single-block
-content the CID ``cid_for`` computes, so a CID means the same bytes everywhere.
+talks to any IPFS node speaking the Kubo RPC API. Both give content the CID
+``cid_for`` computes (that of ``ipfs add --cid-version=1 --raw-leaves``), so a
+CID means the same bytes everywhere.
 """
 
 from __future__ import annotations

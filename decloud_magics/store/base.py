@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import IntegrityError, StoreError
 from .cid import DAG_PB, IDENTITY, RAW, SHA2_256, SHA2_512, parse_cid
+from .unixfs import file_root
 
 _HASHERS = {SHA2_256: "sha256", SHA2_512: "sha512"}
 
@@ -40,17 +41,20 @@ class Store(Protocol):
 def verify(cid: str, data: bytes | bytearray | memoryview) -> bool:
     """Check ``data`` against ``cid``; True if checked here, False if left to the node.
 
-    A raw CID names one block by its hash, so the bytes are re-hashed and an
-    IntegrityError raised on mismatch. A dag-pb CID (a multi-block file as a
-    node chunked it) names a tree whose shape depends on the node's chunker;
-    rebuilding it would mean reimplementing UnixFS, so such content is trusted
-    to the node, which hashes every block it serves. That is not the last line:
-    the chain records a sha256 of every task and result payload, and the client
-    checks the bytes against that digest before decoding them.
+    A raw CID names one block by its hash, so the bytes are re-hashed. A dag-pb
+    CID names a UnixFS tree: the bytes are chunked again the way ``ipfs add
+    --cid-version=1 --raw-leaves`` chunks them, and a root equal to the CID
+    proves them (IntegrityError is raised only where the check is conclusive).
+    A dag-pb root that differs may still be honest, because another chunker or
+    layout (or a CIDv0, whose leaves are not raw) gives another tree for the
+    same bytes; such content is trusted to the node, which hashes every block it
+    serves, and the chain's digest of a result is checked before decoding.
     """
     p = parse_cid(cid)
     if p.codec == DAG_PB:
-        return False
+        if p.version != 1 or p.hash_code != SHA2_256:
+            return False  # not a tree of raw leaves, so not one ours could equal
+        return file_root(data).digest == p.digest
     if p.codec != RAW:
         raise StoreError(
             f"CID {cid} uses the {p.codec_name} codec, which decloud does not store: pass a raw or dag-pb CID."

@@ -2,17 +2,18 @@
 
 Payloads are named by the CID an IPFS node would give them, so the local
 blockstore, a Kubo/js-ipfs node and the chain all agree on one name per
-content. A single-block payload is a CIDv1 with the ``raw`` codec and a
-sha2-256 multihash, written in lower-case base32 (the ``bafkrei...`` form of
-``ipfs add --cid-version=1 --raw-leaves``). CIDv0 (``Qm...``) and dag-pb
-CIDv1 are parsed too, because a node names multi-block files that way.
+content: what ``ipfs add --cid-version=1 --raw-leaves`` prints. Up to one
+chunk (256 KiB) that is a CIDv1 with the ``raw`` codec and a sha2-256
+multihash, written in lower-case base32 (``bafkrei...``); a larger payload is
+named by the dag-pb root of its UnixFS tree (``bafybei...``, see
+``unixfs.py``). CIDv0 (``Qm...``) is parsed too, because nodes still name
+files that way.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from dataclasses import dataclass
 
 from ..errors import StoreError
@@ -55,12 +56,17 @@ class ParsedCid:
 
 
 def cid_for(data: bytes | bytearray | memoryview) -> str:
-    """The CIDv1 (raw, sha2-256, base32) an IPFS node gives ``data`` as one block."""
-    return cid_from_sha256(hashlib.sha256(data).digest())
+    """The CIDv1 ``ipfs add --cid-version=1 --raw-leaves`` gives ``data`` (base32).
+
+    Raw sha2-256 for up to one chunk, else the root of the UnixFS tree.
+    """
+    from .unixfs import file_root  # it builds on this module's codes and varints
+
+    return file_root(data).to_v1()
 
 
 def cid_from_sha256(digest: bytes) -> str:
-    """The raw CIDv1 for an already computed sha256, so large payloads are hashed once."""
+    """The raw CIDv1 of one block whose sha256 is already known."""
     if len(digest) != 32:
         raise StoreError(
             f"A sha256 digest is 32 bytes, got {len(digest)}: pass hashlib.sha256(data).digest()."

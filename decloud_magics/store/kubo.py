@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ContentNotFound, IntegrityError, NetworkUnreachable, StoreError
 from .base import verify
 from .cid import cid_for, parse_cid
+from .unixfs import CHUNK_SIZE
 
 if TYPE_CHECKING:
     import requests
@@ -35,13 +36,12 @@ if TYPE_CHECKING:
 
 DEFAULT_API_URL = "http://127.0.0.1:5001"
 
-# Up to this size the node is asked for one chunk, so the content is one raw
-# block whose CID is ``cid_for(data)`` and can be checked right away. Larger
-# content keeps the node's default chunker, so it gets the same CID as anyone
-# running ``ipfs add --cid-version=1 --raw-leaves`` on the same file.
-SINGLE_BLOCK_MAX = 1024 * 1024
-
+# The settings of ``ipfs add --cid-version=1 --raw-leaves`` with the default
+# chunker, named explicitly so a node configured otherwise still builds the
+# tree ``cid_for`` builds: the answer can be checked at once, and content gets
+# the same CID here as in the local store and on any other node.
 _ADD_PARAMS = {
+    "chunker": f"size-{CHUNK_SIZE}",
     "cid-version": "1",
     "raw-leaves": "true",
     "pin": "true",
@@ -85,11 +85,8 @@ class KuboStore:
     # -- the Store protocol ----------------------------------------------------
 
     def put(self, data: bytes | bytearray | memoryview) -> str:
-        """Add and pin ``data`` on the node; return its CID (raw for one block)."""
+        """Add and pin ``data`` on the node; return its CID, checked against ``cid_for(data)``."""
         size = memoryview(data).nbytes
-        params = dict(_ADD_PARAMS)
-        if size <= SINGLE_BLOCK_MAX:
-            params["chunker"] = f"size-{SINGLE_BLOCK_MAX}"
         boundary = uuid.uuid4().hex
         head = (
             f"--{boundary}\r\n"
@@ -103,7 +100,7 @@ class KuboStore:
         body = b"".join((head, data, tail))
         resp = self._call(
             "add",
-            params,
+            _ADD_PARAMS,
             body=body,
             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
             what="add content",
@@ -113,13 +110,12 @@ class KuboStore:
         # js-ipfs writes CIDv1 in base58btc ("zb2r..."), Kubo in base32: one spelling
         # everywhere keeps CIDs comparable as strings across stores and the chain.
         cid = parsed.to_v1() if parsed.version == 1 else answer
-        if size <= SINGLE_BLOCK_MAX:
-            expected = cid_for(data)
-            if cid != expected:
-                raise IntegrityError(
-                    f"The IPFS node at {self.api_url} named {size} bytes {cid}, but their content address is "
-                    f"{expected}: the node is misconfigured or corrupting data, so use another node."
-                )
+        expected = cid_for(data)
+        if cid != expected:
+            raise IntegrityError(
+                f"The IPFS node at {self.api_url} named {size} bytes {cid}, but their content address is "
+                f"{expected}: the node is misconfigured or corrupting data, so use another node."
+            )
         return cid
 
     def get(self, cid: str) -> bytes:
@@ -129,9 +125,8 @@ class KuboStore:
         parse_cid(cid)
         resp = self._call("cat", {"arg": cid}, stream=True, what=f"return {cid}", lookup=self.timeout)
         try:
-            buf = bytearray()
-            for chunk in resp.iter_content(chunk_size=1024 * 1024):
-                buf += chunk
+            # Joined once at the end: growing a bytearray and converting it would copy twice.
+            chunks = list(resp.iter_content(chunk_size=1024 * 1024))
         except requests.exceptions.RequestException as exc:  # a node dying mid-answer breaks the connection
             raise NetworkUnreachable(
                 f"The IPFS node at {self.api_url} stopped answering while sending {cid} ({type(exc).__name__}): "
@@ -139,7 +134,8 @@ class KuboStore:
             ) from None
         finally:
             resp.close()
-        data = bytes(buf)
+        data = b"".join(chunks)
+        del chunks
         if not verify(cid, data):
             self._check_size(cid, len(data))
         return data

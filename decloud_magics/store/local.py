@@ -1,9 +1,14 @@
 """An on-disk blockstore: the ``local`` network's IPFS stand-in, with the same CIDs.
 
-One file per block, named by its CID, so a payload stored here and one added to
-a real node get the same name. Several kernels and worker processes share the
-folder, so writes go to a private temp file and are renamed into place: a
-reader sees either no block or a whole one, never a half-written file.
+One file per payload, named by the CID ``ipfs add --cid-version=1
+--raw-leaves`` gives it, so a payload stored here and one added to a real node
+get the same name. A payload over one chunk is named by the root of its UnixFS
+tree, but kept whole in one file: the tree's inner nodes are rebuilt from the
+bytes on every read (that rebuild is the check), and one file is written and
+read faster than hundreds of 256 KiB blocks. Several kernels and worker
+processes share the folder, so writes go to a private temp file and are
+renamed into place: a reader sees either no file or a whole one, never a
+half-written file.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ContentNotFound, IntegrityError, StoreError
-from .cid import RAW, SHA2_256, cid_from_sha256, parse_cid
+from .cid import DAG_PB, RAW, SHA2_256, ParsedCid, parse_cid
+from .unixfs import file_root
 
 _TMP_PREFIX = ".tmp-"
 
 
 class LocalStore:
-    """Raw sha256 blocks in ``root/<shard>/<cid>``, checked on every read."""
+    """Payloads in ``root/<shard>/<cid>``, checked against their CID on every read."""
 
     def __init__(self, root: Path | str | None = None) -> None:
         if root is None:
@@ -51,9 +57,9 @@ class LocalStore:
         return self.root / name[-3:-1] / name
 
     def put(self, data: bytes | bytearray | memoryview) -> str:
-        """Store ``data`` (hashed once, written once) and return its raw CID."""
+        """Store ``data`` (hashed once, written once) and return its CID."""
         view = memoryview(data).cast("B")
-        cid = cid_from_sha256(hashlib.sha256(view).digest())
+        cid = file_root(view).to_v1()
         path = self.root / cid[-3:-1] / cid
         try:
             if os.stat(path).st_size == view.nbytes:
@@ -95,7 +101,7 @@ class LocalStore:
             raise StoreError(
                 f"Could not read block {path} ({exc.strerror}): check the folder's permissions."
             ) from None
-        if hashlib.sha256(data).digest() != parse_cid(path.name).digest:
+        if not _matches(parse_cid(path.name), data):
             moved = self._quarantine(path, inode)
             raise IntegrityError(
                 f"The block file for {cid} is damaged (its bytes no longer match the CID)"
@@ -120,10 +126,10 @@ class LocalStore:
 
     def _name(self, cid: str) -> str:
         p = parse_cid(cid)  # StoreError for strings that are not CIDs at all
-        if not (p.version == 1 and p.codec == RAW and p.hash_code == SHA2_256):
+        if p.codec not in (RAW, DAG_PB) or p.hash_code != SHA2_256:
             raise ContentNotFound(
-                f"The local store holds only single-block raw CIDs ('bafkrei...'), not {cid}: "
-                "fetch it from the IPFS node that returned it."
+                f"The local store holds only sha2-256 raw and dag-pb CIDs ('bafkrei...', 'bafybei...'), "
+                f"not {cid}: fetch it from the IPFS node that returned it."
             )
         # The canonical text, so an upper-case or base58 spelling finds the same file.
         return p.to_v1()
@@ -139,6 +145,18 @@ class LocalStore:
             return Path(aside)
         except OSError:
             return None
+
+
+def _matches(p: ParsedCid, data: bytes) -> bool:
+    """Whether ``data`` is what ``p`` names.
+
+    A raw name is one block's sha256 whatever its size (blocks stored before
+    large payloads were chunked are single raw blocks too); a dag-pb name is
+    the root of the tree the bytes give.
+    """
+    if p.codec == RAW:
+        return hashlib.sha256(data).digest() == p.digest
+    return file_root(data) == ParsedCid(1, p.codec, p.hash_code, p.digest)
 
 
 def _write_all(f: io.FileIO, view: memoryview) -> None:

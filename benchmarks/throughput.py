@@ -7,7 +7,9 @@ a batch submit would: every task is packaged and stored first (timed, not
 part of the rate), then ``Market.create_tasks`` opens them ``--batch`` per
 transaction, back to back. The rate is tasks / (first create sent -> last
 ``TaskCompleted`` observed on chain). The devnet's workers do the rest as in
-normal use: claim, fetch, sandbox, store, submit.
+normal use: they split the tasks by share (no claims; a worker takes another's
+task, with a claim, only when it has nothing of its own), fetch, run the
+sandbox, store, and settle the results that queue up in one transaction.
 
 Baseline, same run, same machine: ``client.map`` of as many trivial
 functions on a dask LocalCluster of 2 single-threaded processes, then
@@ -129,8 +131,8 @@ def decloud_batch(handle: _common.DevnetHandle, n: int, batch: int, patience: fl
                 continue
             if event.name == "TaskClaimed":
                 claims[task_id] += 1
-                workers[str(event.args["worker"])] += 1
             elif event.name == "ResultSubmitted":
+                workers[str(event.args["worker"])] += 1  # most tasks are served without a claim
                 results[task_id] = (
                     bytes(event.args["resultCid"]).decode(),
                     bytes(event.args["resultDigest"]),

@@ -269,8 +269,9 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: the module must not open transactions behind
         # our back; _write() says exactly where each one starts and ends.
-        # check_same_thread=False only so close() can close every thread's
-        # connection; each connection is still used by one thread only.
+        # check_same_thread=False so close() can close every thread's
+        # connection, and so a snapshot() can be lent to one helper thread;
+        # no two threads ever use a connection at the same time.
         conn = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
@@ -344,6 +345,25 @@ class Ledger:
         this, so they share the ledger's connections and schema set-up.
         """
         return self._conn().execute(sql, params).fetchall()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection inside one read transaction, for read-only queries.
+
+        Every query made on it until the block ends sees the same state of
+        the file, whatever other connections commit meanwhile; a view built
+        from several queries stays consistent. The caller may hand the
+        connection to one helper thread while it waits for that thread.
+        """
+        conn = self._conn()
+        if conn.in_transaction:  # already inside one: that one's snapshot holds
+            yield conn
+            return
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")  # nothing was written; this only lets the snapshot go
 
     # -- runs -------------------------------------------------------------
 

@@ -506,6 +506,134 @@ def test_history_frame_filters(ledger: Ledger) -> None:
         ledger.history_frame(limit=-1)
 
 
+def history_one_run_at_a_time(ledger: Ledger, network=None, statuses=None, since=None, limit=None):
+    """The history built the plain way, row by row from one SELECT, to hold the real one to."""
+    rows = ledger.query(
+        "SELECT rowid, run_id, name, network, status, submitted_at, started_at, completed_at, price_wei,"
+        " gas_used, gas_cost_wei, worker, input_cid, result_cid, error, cell_hash FROM runs"
+    )
+    rows = [
+        r
+        for r in rows
+        if (network is None or r[3] == network)
+        and (statuses is None or r[4] in statuses)
+        and (since is None or r[5] >= since.timestamp())
+    ]
+    rows.sort(key=lambda r: (r[5], r[0]), reverse=True)
+    rows = rows[:limit]
+
+    def moment(seconds: float | None) -> pd.Timestamp:
+        return pd.NaT if seconds is None else pd.Timestamp(datetime.fromtimestamp(seconds, timezone.utc))
+
+    def ether(wei: str | None, plus: str | None = None) -> Decimal:
+        with localcontext(Context(prec=80)):  # exact for any two uint256 amounts
+            return Decimal(int(wei or 0)) / Decimal(ETHER) + (ether(plus) if plus is not None else 0)
+
+    columns: dict[str, list[object]] = {name: [] for name in HISTORY_COLUMNS}
+    for _, run_id, name, net, status, sub, start, done, price, gas, gas_cost, worker, cid, result, error, cell in rows:
+        for column, value in [
+            ("run_id", run_id), ("name", name), ("network", net), ("status", status),
+            ("submitted_at", moment(sub)), ("started_at", moment(start)), ("completed_at", moment(done)),
+            ("duration_s", float("nan") if done is None else done - sub), ("price", ether(price)),
+            ("gas_used", gas), ("gas_cost", ether(gas_cost)), ("total_cost", ether(price, gas_cost)),
+            ("worker", worker), ("input_cid", cid), ("result_cid", result), ("error", error), ("cell_hash", cell),
+        ]:  # fmt: skip
+            columns[column].append(value)
+    return columns
+
+
+AWKWARD_TEXTS = [
+    None, "", "cell ünïcödé 名前 🚀", 'quote " and \\ backslash', "tab\there\nnew line", "nul\x00inside",
+    "separators \x1e\x1f\u2028\u2029", "é" * 3000, "[1, 2]", "null", "\U0001f680 astral", " ",
+]  # fmt: skip
+AWKWARD_WEI = [0, 1, 10**18, 10**30, 2**63 - 1, 2**63, 2**64 + 1, 5 * 10**17 + 7, 2**256 - 1]
+
+
+@pytest.fixture
+def awkward_ledger(ledger: Ledger) -> Ledger:
+    runs = []
+    for i in range(60):
+        text = AWKWARD_TEXTS[i % len(AWKWARD_TEXTS)]
+        # Out of storage order, with ties, before 1970 and decades ahead (to
+        # 2106, as far as float seconds keep every microsecond).
+        seconds = [3600 * ((i * 7) % 23), -86400 * 365 * 20, 86400 * 365 * 80][i % 3] + (i % 4) * 0.25
+        submitted = NOW + timedelta(seconds=seconds if i % 5 else 0)
+        done = i % 4 != 0
+        runs.append(
+            make_run(
+                f"run-{i:02d}-{text or 'x'}"[:40],
+                name=text,
+                network=[None, "local", "devnet"][i % 3],
+                status=[Status.COMPLETED, Status.RUNNING, Status.FAILED, Status.OPEN][i % 4],
+                submitted_at=submitted,
+                started_at=submitted + timedelta(microseconds=1) if i % 3 else None,
+                completed_at=submitted + timedelta(seconds=i, microseconds=999_999) if done else None,
+                price_wei=AWKWARD_WEI[i % len(AWKWARD_WEI)],
+                gas_used=[None, 0, 21_000, 2**63 - 1][i % 4],
+                gas_cost_wei=None if i % 5 == 0 else AWKWARD_WEI[(i * 5) % len(AWKWARD_WEI)],
+                worker=text,
+                input_cid=AWKWARD_TEXTS[(i + 1) % len(AWKWARD_TEXTS)],
+                result_cid=AWKWARD_TEXTS[(i + 2) % len(AWKWARD_TEXTS)],
+                error=None if done else f"Traceback:\n  {text}\nValueError: {i}",
+                cell_hash=AWKWARD_TEXTS[(i + 3) % len(AWKWARD_TEXTS)],
+            )
+        )
+    ledger.record_runs(runs)
+    return ledger
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"network": "local"},
+        {"network": "nowhere"},
+        {"status": ["running", "open"]},
+        {"status": "completed", "network": "devnet"},
+        {"since": NOW - timedelta(days=1)},
+        {"since": NOW + timedelta(days=365 * 100)},
+        {"limit": 0},
+        {"limit": 7},
+        {"limit": 1000},
+        {"network": "local", "status": ["completed", "failed"], "since": NOW - timedelta(days=9000), "limit": 5},
+    ],
+)
+def test_history_frame_matches_the_plain_row_by_row_reading(awkward_ledger: Ledger, filters: dict) -> None:
+    frame = awkward_ledger.history_frame(**filters)
+    assert_history_dtypes(frame)
+    statuses = filters.get("status")
+    expected = history_one_run_at_a_time(
+        awkward_ledger,
+        network=filters.get("network"),
+        statuses=None if statuses is None else {statuses} if isinstance(statuses, str) else set(statuses),
+        since=filters.get("since"),
+        limit=filters.get("limit"),
+    )
+    assert len(frame) == len(expected["run_id"])
+    for name in HISTORY_COLUMNS:
+        got = frame[name].tolist()
+        if name in ("price", "gas_cost", "total_cost"):
+            # Same digits and exponent, not only equal: 0.002 must not show as 0.0020.
+            assert [d.as_tuple() for d in got] == [d.as_tuple() for d in expected[name]], name
+        elif name in ("submitted_at", "started_at", "completed_at"):
+            assert [None if pd.isna(t) else t for t in got] == [
+                None if pd.isna(t) else t for t in expected[name]
+            ], name
+        elif name == "duration_s":
+            # Bit for bit, NaN included.
+            want = pd.Series(expected[name], dtype="float64").to_numpy()
+            assert frame[name].to_numpy().tobytes() == want.tobytes()
+        else:
+            assert [None if pd.isna(v) else v for v in got] == expected[name], name
+
+
+def test_history_frame_of_an_empty_ledger_matches_the_plain_reading(ledger: Ledger) -> None:
+    for filters in ({}, {"limit": 3}, {"network": "local", "status": "failed"}):
+        frame = ledger.history_frame(**filters)
+        assert_history_dtypes(frame)
+        assert frame.empty and list(frame.columns) == list(HISTORY_COLUMNS)
+
+
 def test_parse_since() -> None:
     assert parse_since("90s", now=NOW) == NOW - timedelta(seconds=90)
     assert parse_since("30m", now=NOW) == NOW - timedelta(minutes=30)

@@ -2,11 +2,11 @@
 
     python benchmarks/throughput.py [--tasks 1000] [--workers 4] [--batch 100]
 
-The client has no batch API, so the benchmark opens the tasks itself the way
-a batch submit would: every task is packaged and stored first (timed, not
-part of the rate), then ``Market.create_tasks`` opens them ``--batch`` per
-transaction, back to back. The rate is tasks / (first create sent -> last
-``TaskCompleted`` observed on chain). The devnet's workers do the rest as in
+The requester is a ``Client`` on the devnet: one ``client.map`` packages and
+stores every task and opens them ``--batch`` per ``createTasks`` transaction.
+The rate is tasks / (``map`` called -> last ``TaskCompleted`` observed on
+chain), packaging included; the time until every run's values are back in
+Python is printed too. The devnet's workers do the rest as in
 normal use: they split the tasks by share (no claims; a worker takes another's
 task, with a claim, only when it has nothing of its own), fetch, run the
 sandbox, store, and settle the results that queue up in one transaction.
@@ -76,45 +76,31 @@ def devnet_processes(handle: _common.DevnetHandle) -> dict[str, int]:
 
 
 def decloud_batch(handle: _common.DevnetHandle, n: int, batch: int, patience: float) -> dict[str, Any]:
-    """Open ``n`` trivial tasks at once on the devnet and follow them to the last completion."""
-    from decloud_magics.connection import connect_rpc
+    """``Client.map`` of ``n`` trivial runs on the devnet, followed to the last completion on chain."""
+    from decloud_magics.client import Client
     from decloud_magics.networks import get_network
-    from decloud_magics.package import build_task_package, decode_result, decode_values, result_digest
+    from decloud_magics.package import decode_result, decode_values, result_digest
 
-    conn = connect_rpc(get_network("devnet"), handle.key)
-    market, store = conn.market, conn.store
-
-    began = time.perf_counter()
-    cids = []
-    for i in range(n):
-        _pkg, data = build_task_package(f"value = {i} + 1", {}, outputs=["value"], name=f"bench {i}")
-        cids.append(store.put(data))
-    packaged = time.perf_counter() - began
-    print(
-        f"packaged and stored {n} tasks in {packaged:.2f} s ({n / packaged:.0f}/s; not part of the rate)",
-        flush=True,
-    )
-
+    client = Client(get_network("devnet"), key=handle.key)
+    market, store = client.conn.market, client.conn.store
     follower = market.follow(from_block=market.block_number())
-    deadline = market.chain_time() + 3600
     pids = devnet_processes(handle)
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     cpu_before["this process (requester)"] = cpu_seconds(os.getpid(), children=False)
-    ids: list[int] = []
-    created_at: dict[int, float] = {}  # when the transaction that opened the task was mined
-    gas = 0
+
     first_create = time.perf_counter()
-    for start in range(0, n, batch):
-        task_ids, outcome = market.create_tasks(
-            cids[start : start + batch], PRICE_WEI, timeout=TIMEOUT_S, lease=TIMEOUT_S + 15, deadline=deadline
-        )
-        mined = time.perf_counter()
-        created_at.update((task_id, mined) for task_id in task_ids)
-        ids += task_ids
-        gas += outcome.gas_used
+    runs = client.map("value = i + 1", [{"i": i} for i in range(n)], outputs=["value"],
+                      price=PRICE_WEI, timeout=TIMEOUT_S, batch=batch)  # fmt: skip
     all_created = time.perf_counter()
-    print(f"opened {n} tasks in {len(range(0, n, batch))} transactions in {all_created - first_create:.2f} s "
-          f"({gas / n:,.0f} gas per task to create)", flush=True)  # fmt: skip
+    ids = [run.task_id for run in runs if run.task_id is not None]
+    created_at = {  # when each task's CREATED was seen, on the clock of first_create
+        run.task_id: run.submitted_monotonic - time.monotonic() + time.perf_counter()
+        + next(e for e in run.events if e.kind.value == "created").data["elapsed_s"]
+        for run in runs if run.task_id is not None
+    }  # fmt: skip
+    gas = sum(run.gas_used for run in runs)
+    print(f"packaged, stored and opened {n} tasks ({len(range(0, n, batch))} createTasks) in "
+          f"{all_created - first_create:.2f} s ({gas / n:,.0f} gas per task to create)", flush=True)  # fmt: skip
 
     wanted = set(ids)
     ended: dict[int, tuple[str, float]] = {}
@@ -172,7 +158,11 @@ def decloud_batch(handle: _common.DevnetHandle, n: int, batch: int, patience: fl
         values = decode_values(decode_result(data), trust_pickle=False)
         assert values == {"value": ids.index(task_id) + 1}, (task_id, values)
         checked += 1
-    store.close()
+    # what the user waits for: every run's values back in Python, through the client
+    returned = [run.result(timeout=patience).values["value"] for run in runs]
+    assert returned == list(range(1, n + 1))
+    in_python = time.perf_counter() - first_create
+    client.close()
     return {
         "elapsed": elapsed,
         "ended": len(ended),
@@ -183,6 +173,7 @@ def decloud_batch(handle: _common.DevnetHandle, n: int, batch: int, patience: fl
         "reclaimed": sum(1 for c in claims.values() if c > 1),
         "per_worker": dict(workers),
         "checked": checked,
+        "in_python": in_python,
         "create_gas_per_task": gas / n,
         "cpu": cpu,
     }
@@ -218,7 +209,7 @@ def main() -> None:
           f"-> {ours['rate']:.2f} tasks/s  (outcomes {ours['outcomes']})")  # fmt: skip
     print(f"  per task, created -> ended: median {ours['latency_p50']:.1f} s, longest {ours['latency_max']:.1f} s; "
           f"tasks claimed twice: {ours['reclaimed']}; tasks per worker: {sorted(ours['per_worker'].values())}; "
-          f"results verified: {ours['checked']}")  # fmt: skip
+          f"results verified: {ours['checked']}; all values back in Python after {ours['in_python']:.1f} s")  # fmt: skip
     if ours["cpu"]:
         total = sum(ours["cpu"].values())
         print(f"  CPU seconds spent from first create to last completion: {total:.1f} "

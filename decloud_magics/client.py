@@ -31,7 +31,7 @@ from .accounting import (
     check_max_price,
     parse_budget,
 )
-from .chain.market import ChainStatus, MarketEvent
+from .chain.market import ChainStatus, MarketEvent, TxOutcome
 from .connection import Connection, connect
 from .errors import DecloudError, RunFailed, UsageError
 from .keys import PrivateKey, redact
@@ -140,44 +140,19 @@ class Client:
         ``outputs`` names what to bring back; by default every name the cell assigns.
         Errors before the task is opened (syntax, unserializable input) cost nothing.
         """
-        from .analysis import cell_names
-        from .package import build_task_package
-
         if timeout <= 0:
             raise UsageError(f"--timeout must be a positive number of seconds, not {timeout}.")
         price_wei = self.default_price_wei if price is None else parse_amount(price)
-        run_id = uuid.uuid4().hex[:12]
-        run = Run(
-            self,
-            run_id,
-            name=name,
-            network=self.network,
-            price_wei=price_wei,
-            trust_pickle=trust_pickle,
-            outputs=tuple(outputs or ()),
-        )
-        self._record_new(run, code, timeout=timeout, validators=validators)
-        with self._lock:
-            self.runs[run_id] = run
+        run = self._new_run(code, price_wei, outputs, name=name, trust_pickle=trust_pickle, timeout=timeout,
+                            validators=validators)  # fmt: skip
         try:
             self.preflight(price_wei, max_price)
-            scope = {**(namespace or {}), **(inputs or {})}
-            names = list(input_names) if input_names is not None else None
-            if inputs and names is None and namespace is None:
-                names = list(inputs)
-            elif inputs and names is not None:
-                names += [n for n in inputs if n not in names]
-            limits = {} if max_input_bytes is None else {"max_input_bytes": max_input_bytes}
-            task, package = build_task_package(
-                code, scope, inputs=names, outputs=outputs, trust_pickle=trust_pickle, name=name, **limits
-            )
-            run.wanted = tuple(task.outputs) if task.outputs is not None else cell_names(code).assigns
-            run.input_cid = self.conn.store.put(package)
+            self._package(run, code, inputs, outputs, namespace=namespace, input_names=input_names,
+                          max_input_bytes=max_input_bytes)  # fmt: skip
             market = self.conn.market
             deadline = market.chain_time() + timeout + (queue_window_s or self.queue_window_s)
-            run.deadline = deadline
             task_id, outcome = market.create_task(
-                run.input_cid,
+                run.input_cid or "",
                 price_wei,
                 timeout=int(timeout),
                 lease=int(timeout) + LEASE_GRACE_S,
@@ -188,20 +163,80 @@ class Client:
         except DecloudError as exc:
             self._fail_before_chain(run, exc)
             raise
+        self._opened(run, task_id, outcome, deadline, validators, gas=(outcome.gas_used, outcome.gas_cost_wei))
+        return run
+
+    def map(
+        self,
+        code: str,
+        inputs: Sequence[Mapping[str, Any]],
+        outputs: Sequence[str] | None = None,
+        **options: Any,
+    ) -> list[Run]:
+        """One run of ``code`` per element of ``inputs``, opened ``batch`` tasks per transaction.
+
+        The same options as ``submit`` (price, timeout, resources, validators,
+        name, trust_pickle, ...) plus ``batch`` (default 100). One base fee per
+        batch instead of per task; see ``decloud_magics.batch``.
+
+        In[1]: runs = client.map("y = x * 2", [{"x": i} for i in range(100)], outputs=["y"])
+        In[2]: [r.result().values["y"] for r in runs][:3]
+        Out[2]: [0, 2, 4]
+        """
+        from .batch import submit_many
+
+        return submit_many(self, code, inputs, outputs, **options)
+
+    # -- the steps of a submission (shared with batch.submit_many) ---------------
+
+    def _new_run(self, code: str, price_wei: int, outputs: Sequence[str] | None, *, name: str | None,
+                 trust_pickle: bool, timeout: int, validators: int) -> Run:  # fmt: skip
+        run = Run(self, uuid.uuid4().hex[:12], name=name, network=self.network, price_wei=price_wei,
+                  trust_pickle=trust_pickle, outputs=tuple(outputs or ()))  # fmt: skip
+        self._record_new(run, code, timeout=timeout, validators=validators)
+        with self._lock:
+            self.runs[run.id] = run
+        return run
+
+    def _package(self, run: Run, code: str, inputs: Mapping[str, Any] | None, outputs: Sequence[str] | None, *,
+                 namespace: Mapping[str, Any] | None = None, input_names: Sequence[str] | None = None,
+                 max_input_bytes: int | None = None) -> None:  # fmt: skip
+        """Build the task package and store it: ``run.input_cid``. Nothing is paid yet."""
+        from .analysis import cell_names
+        from .package import build_task_package
+
+        scope = {**(namespace or {}), **(inputs or {})}
+        names = list(input_names) if input_names is not None else None
+        if inputs and names is None and namespace is None:
+            names = list(inputs)
+        elif inputs and names is not None:
+            names += [n for n in inputs if n not in names]
+        limits = {} if max_input_bytes is None else {"max_input_bytes": max_input_bytes}
+        task, package = build_task_package(
+            code, scope, inputs=names, outputs=outputs, trust_pickle=run.trust_pickle, name=run.name, **limits
+        )
+        run.wanted = tuple(task.outputs) if task.outputs is not None else cell_names(code).assigns
+        run.input_cid = self.conn.store.put(package)
+
+    def _opened(self, run: Run, task_id: int, outcome: TxOutcome, deadline: int, validators: int, *,
+                gas: tuple[int, int]) -> None:  # fmt: skip
+        """The task is on chain: record it, say so, and follow it. ``gas`` is this run's share."""
+        market = self.conn.market
         run.task_id = task_id
         run.validators = validators
-        run.gas_used += outcome.gas_used
-        run.gas_cost_wei += outcome.gas_cost_wei
+        run.deadline = deadline
+        run.gas_used += gas[0]
+        run.gas_cost_wei += gas[1]
         self.ledger.update_run(
-            run_id, task_id=task_id, input_cid=run.input_cid, contract=market.address, outputs=list(run.wanted),
+            run.id, task_id=task_id, input_cid=run.input_cid, contract=market.address, outputs=list(run.wanted),
             deadline=datetime.fromtimestamp(deadline, timezone.utc),
-        )
+        )  # fmt: skip
         run._emit(
             EventKind.CREATED,
-            message=f"task {task_id} created, {format_amount(price_wei, self.config.symbol)} in escrow",
+            message=f"task {task_id} created, {format_amount(run.price_wei, self.config.symbol)} in escrow",
             block=outcome.block,
             tx_hash=outcome.tx_hash,
-            data={"task_id": task_id, "input_cid": run.input_cid, "gas": outcome.gas_used},
+            data={"task_id": task_id, "input_cid": run.input_cid, "gas": gas[0]},
         )
         # a hint for workers that listen: the task is on chain, look now rather than at the next poll
         self.conn.channel.publish(task_id, "created", {})
@@ -214,7 +249,6 @@ class Client:
         if said is not None:
             self._on_live_message(task_id, "running", said)
         self.conn.wake.set()
-        return run
 
     # -- spending rules ----------------------------------------------------------
 
@@ -233,16 +267,19 @@ class Client:
         since = budget.window_start(utcnow()) if budget else None
         return self.ledger.spent_wei(since=since)
 
-    def preflight(self, price_wei: int, max_price: str | int | None = None) -> None:
-        """Refuse, before anything is sent, a run over the max price, the budget or the wallet."""
+    def preflight(self, price_wei: int, max_price: str | int | None = None, count: int = 1) -> None:
+        """Refuse, before anything is sent, a run over the max price, the budget or the wallet.
+
+        ``count`` runs at ``price_wei`` each are checked together (a ``map``).
+        """
         symbol = self.config.symbol
         limit = self.max_price_wei if max_price is None else parse_amount(max_price)
         check_max_price(price_wei, limit, symbol)
-        gas_wei = REQUESTER_GAS_ESTIMATE * self.conn.market.gas_price()
+        gas_wei = REQUESTER_GAS_ESTIMATE * self.conn.market.gas_price() * count
         budget = self.budget
         if budget is not None:
-            check_budget(budget, self.spent_wei(budget), price_wei, gas_wei, symbol)
-        check_balance(self.conn.market.balance(), price_wei, gas_wei, self.account, symbol)
+            check_budget(budget, self.spent_wei(budget), price_wei * count, gas_wei, symbol)
+        check_balance(self.conn.market.balance(), price_wei * count, gas_wei, self.account, symbol)
 
     def wallet(self) -> Wallet:
         """Address, balance, escrow locked in open tasks, and what the contract owes us."""

@@ -72,3 +72,12 @@ def test_no_funds_is_a_sentence(chain):
     poor = chain.market(0)
     with pytest.raises(InsufficientFunds, match="cannot pay"):
         poor.create_task(CID, 10**30, timeout=30, lease=45, deadline=poor.chain_time() + 600)
+
+
+def test_every_error_the_contract_can_raise_has_a_sentence():
+    from decloud_magics.chain.artifact import load_artifact
+    from decloud_magics.chain.market import ERROR_SENTENCES
+
+    errors = {item["name"] for item in load_artifact()["abi"] if item.get("type") == "error"}
+    assert errors - set(ERROR_SENTENCES) == set()
+    assert all(s[0].islower() and not s.endswith(".") for s in ERROR_SENTENCES.values())  # they end a sentence

@@ -69,8 +69,8 @@ class DecloudCells:
         """Median ms of each stage over the ``last`` cells, from the run's own event times."""
         parts: dict[str, list[float]] = {
             "cell start -> task created (package, store, create tx)": [],
-            "created -> claimed (worker sees it, claim tx)": [],
-            "claimed -> completed (fetch, sandbox, store, submit tx)": [],
+            "created -> order placed (a worker takes it; no claim tx)": [],
+            "order placed -> completed (fetch, sandbox, store, submit tx)": [],
             "completed -> cell returns (fetch result, bind values)": [],
         }
         for began, ended, run in self.spans[-last:]:
@@ -101,7 +101,7 @@ class DecloudCells:
             client.close()
 
     def lifecycle_gas(self) -> dict[str, int]:
-        """Gas of create + claim + submit, read from the receipts of the last run's transactions."""
+        """Gas of the last run's transactions (create and submit; a claim too if one was made)."""
         run = self.spans[-1][2]
         market = self.magics.client(self.network).conn.market
         gas: dict[str, int] = {}

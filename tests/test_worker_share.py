@@ -15,7 +15,8 @@ from test_trust import Market
 
 from decloud_magics.chain.market import wait_until
 from decloud_magics.client import Client
-from decloud_magics.worker.service import Share, Worker
+from decloud_magics.worker.service import Worker
+from decloud_magics.worker.sharing import Share
 
 PRICE = 10**15
 

@@ -46,7 +46,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..keys import PrivateKey, load_key_file
     from ..networks import get_network
     from ..units import parse_amount
-    from .service import Share, Worker, WorkerPolicy
+    from .service import Worker, WorkerPolicy
+    from .sharing import Share
 
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),

@@ -12,7 +12,8 @@ from typing import Callable
 from ..chain.embedded import EmbeddedChain
 from ..channel import LiveChannel
 from ..store.base import Store
-from .service import TaskBoard, Worker, WorkerPolicy
+from .service import Worker, WorkerPolicy
+from .sharing import TaskBoard
 
 #: Two cores here: more sandboxes than that only queue on the CPU.
 DEFAULT_WORKERS = 3

@@ -16,7 +16,6 @@ import logging
 import os
 import queue
 import threading
-import time
 import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
@@ -31,9 +30,10 @@ from .accounting import (
     check_max_price,
     parse_budget,
 )
-from .chain.market import ChainStatus, MarketEvent, TxOutcome
+from .chain.market import MarketEvent, TxOutcome
 from .connection import Connection, connect
 from .errors import DecloudError, RunFailed, UsageError
+from .following import Following
 from .keys import PrivateKey, redact
 from .models import EventKind, Resources, RunEvent, Status, utcnow
 from .networks import NetworkConfig, get_network
@@ -56,7 +56,7 @@ DEFAULT_QUEUE_WINDOW_S = 120
 LEASE_GRACE_S = 15
 
 
-class Client:
+class Client(Following):
     """A connection to one market plus the local ledger.
 
     Parameters
@@ -163,7 +163,9 @@ class Client:
         except DecloudError as exc:
             self._fail_before_chain(run, exc)
             raise
-        self._opened(run, task_id, outcome, deadline, validators, gas=(outcome.gas_used, outcome.gas_cost_wei))
+        self._opened(
+            run, task_id, outcome, deadline, validators, gas=(outcome.gas_used, outcome.gas_cost_wei)
+        )
         return run
 
     def map(
@@ -324,7 +326,9 @@ class Client:
             matches = [r for rid, r in self.runs.items() if rid.startswith(run_id)]
         if len(matches) != 1:
             what = "no run" if not matches else "more than one run"
-            raise UsageError(f"{what.capitalize()} of this session starts with '{run_id}': give more of its id.")
+            raise UsageError(
+                f"{what.capitalize()} of this session starts with '{run_id}': give more of its id."
+            )
         return matches[0]
 
     def history(self, **filters: Any) -> pd.DataFrame:
@@ -344,138 +348,6 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- following -------------------------------------------------------------
-
-    def _on_live(self, task_id: int, kind: str, data: dict[str, Any]) -> None:
-        self._live.put((task_id, kind, data))
-        self.conn.wake.set()
-
-    def _watch(self) -> None:
-        """One loop for all runs: chain logs first, then live messages, then deadlines."""
-        while not self._closed.is_set():
-            self.conn.wake.clear()
-            last_poll = time.monotonic()
-            # Take live messages before reading the chain: a worker says "running"
-            # only after its claim is mined, so the claim is then already readable.
-            live = []
-            while True:
-                try:
-                    live.append(self._live.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                for event in self._follower.poll():
-                    self._on_chain_event(event)
-                for task_id, kind, data in live:
-                    self._on_live_message(task_id, kind, data)
-                self._check_deadlines()
-            except DecloudError as exc:
-                log.warning("decloud watcher: %s", redact(str(exc), self.conn.key))
-            except Exception:  # never let the watcher die: runs would hang
-                log.exception("decloud watcher error")
-            self.conn.wake.wait(self.conn.market.poll_interval)
-            # live messages wake us, and anyone may send them: still look at most every 5 ms
-            time.sleep(max(0.0, last_poll + 0.005 - time.monotonic()))
-
-    def _on_chain_event(self, event: MarketEvent) -> None:
-        task_id = event.task_id
-        if task_id is None:
-            return
-        with self._lock:
-            run = self._by_task.get(task_id)
-            if run is None:
-                if event.name != "TaskCreated":
-                    self._orphans[task_id].append(event)  # our create call has not returned yet
-                return
-            # a re-attach replays past logs while the follower already sees new ones: handle each once
-            key = (event.tx_hash, event.log_index)
-            if key in self._seen_logs:
-                return
-            self._seen_logs.add(key)
-        where = {"block": event.block, "tx_hash": event.tx_hash}
-        a = event.args
-        if event.name == "TaskClaimed":
-            self._order_placed(run, str(a["worker"]), f"claimed by {_short(str(a['worker']))}",
-                               data={"seat": int(a["seat"]), "lease_expiry": int(a["leaseExpiry"])},
-                               claim=True, **where)  # fmt: skip
-        elif event.name == "ResultSubmitted":
-            run.result_cid = bytes(a["resultCid"]).decode()
-            worker = str(a["worker"])
-            if run.validators == 1:
-                # The chain names the worker for good; when nobody claimed and the channel
-                # said nothing, this is the first sign of it.
-                unseen = run.status == Status.OPEN
-                self._order_placed(run, worker, f"taken by {_short(worker)}", **where)
-                if unseen:
-                    run._emit(EventKind.RUNNING, message="ran in the worker's sandbox", worker=worker)
-        elif event.name == "TaskCompleted":
-            self._settle(run, bytes(a["resultDigest"]), where, paid=int(a["paidPerWorker"]))
-        elif event.name == "TaskFailed":
-            run.result_cid = bytes(a["resultCid"]).decode()
-            run.refunded_wei = int(a["refund"])
-            self._settle(run, bytes(a["resultDigest"]), where, paid=0)
-        elif event.name in ("TaskCancelled", "TaskNotProcessed", "TaskDisputed"):
-            self._end_without_result(run, event, where)
-
-    def _order_placed(self, run: Run, worker: str, message: str, data: dict[str, Any] | None = None,
-                      claim: bool = False, **where: Any) -> None:  # fmt: skip
-        """The run's worker is known: a stage when it is the first, or a claim that took
-        the task over; otherwise (the chain confirming what the live channel said) only the name."""
-        takeover = claim and run.worker is not None and run.worker.lower() != worker.lower()
-        if run.status != Status.OPEN and not takeover:
-            if (run.worker or "").lower() != worker.lower():
-                run.worker = worker
-                self.ledger.update_run(run.id, worker=worker)
-            return
-        run.worker = worker
-        self.ledger.update_run(run.id, worker=worker, started_at=utcnow())
-        run._emit(EventKind.ORDER_PLACED, message=message, worker=worker, data=data or {}, **where)
-
-    def _on_live_message(self, task_id: int, kind: str, data: dict[str, Any]) -> None:
-        with self._lock:
-            run = self._by_task.get(task_id)
-            if run is None and kind == "running":
-                self._early_running[task_id] = data
-                while len(self._early_running) > 256:
-                    self._early_running.popitem(last=False)
-        if run is None or run.done():
-            return
-        # Anyone can publish on a live channel: take only what the task's own
-        # worker says, and only the fields a panel shows (never our timings).
-        sender = str(data.get("worker") or "")
-        if kind == "running" and run.validators == 1 and run.status == Status.OPEN and sender:
-            # A single-validator task needs no claim: the worker's word is the first sign
-            # of it, and the chain names the worker for good when the result is settled.
-            self._order_placed(run, sender, f"taken by {_short(sender)}")
-        if not run.worker or sender.lower() != run.worker.lower():
-            return
-        data = {"worker": run.worker, "line": str(data.get("line", ""))[:4096]}
-        if kind == "running" and run.status == Status.CLAIMED:
-            run._emit(EventKind.RUNNING, message="running in the worker's sandbox", data=data)
-        elif kind == "stdout":
-            run._emit(EventKind.STDOUT, message=str(data.get("line", "")), data=data)
-
-    def _check_deadlines(self) -> None:
-        """Past its deadline with no result, a task is not processed: take the escrow back."""
-        with self._lock:
-            waiting = [r for r in self._by_task.values() if not r.done() and r.deadline is not None]
-        if not waiting or time.monotonic() < self._next_deadline_check:
-            return
-        self._next_deadline_check = time.monotonic() + 0.5
-        # Deadlines are judged by the chain's clock, which may run ahead of ours.
-        now = max(time.time(), self.conn.market.chain_time())
-        for run in waiting:
-            if run.deadline is not None and now > run.deadline + 1 and run.task_id is not None:
-                try:
-                    task = self.conn.market.get_task(run.task_id)
-                    if task.status in (ChainStatus.OPEN, ChainStatus.CLAIMED):
-                        outcome = self.conn.market.reclaim(run.task_id)
-                        self._add_gas(run, outcome.gas_used, outcome.gas_cost_wei)
-                        for event in outcome.events:
-                            self._on_chain_event(event)
-                except DecloudError as exc:
-                    log.debug("reclaim of task %s not possible yet: %s", run.task_id, exc)
 
     # -- endings ---------------------------------------------------------------
 
@@ -521,7 +393,9 @@ class Client:
     def _fail_before_chain(self, run: Run, exc: Exception) -> None:
         message = redact(str(exc), self.conn.key)
         self.ledger.update_run(run.id, status=Status.FAILED.value, error=message, completed_at=utcnow())
-        run._finish(EventKind.FAILED, failure=RunFailed(message), message=message, data={"reason": "before_chain"})
+        run._finish(
+            EventKind.FAILED, failure=RunFailed(message), message=message, data={"reason": "before_chain"}
+        )
 
     def _add_gas(self, run: Run, gas: int, cost: int) -> None:
         run.gas_used += gas
@@ -539,7 +413,3 @@ class Client:
 
     def _report_callback_error(self, run: Run, exc: Exception) -> None:
         log.warning("a callback of run %s raised %s: %s", run.id, type(exc).__name__, exc)
-
-
-def _short(address: str | None) -> str:
-    return f"{address[:6]}…{address[-4:]}" if address else "?"

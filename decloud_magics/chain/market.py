@@ -47,6 +47,10 @@ BATCH_SUBMIT_GAS_PER_TASK = 30_000
 CLAIM_GAS = 120_000
 PAYOUT_GAS = 60_000
 
+#: Seconds a network node's clock reading, and its fee figures, are reused (see ``Market.chain_time``).
+CLOCK_TTL = 1.0
+FEES_TTL = 10.0
+
 #: One sentence per custom error of the contract, for people rather than ABIs.
 ERROR_SENTENCES = {
     "NotRequester": "only the account that created the task may do this",
@@ -159,6 +163,12 @@ class Market:
         self._key = key
         self._on_block = on_block
         self._nonce: int | None = None
+        # A node's answers that change slowly, kept for a few seconds on networks where
+        # each question is a round trip (not for the embedded chain, whose clock tests move):
+        # (monotonic time read, value)
+        self._clock: tuple[float, int] | None = None
+        self._fees: tuple[float, dict[str, int]] | None = None
+        self._price: tuple[float, int] | None = None
         self._topics = _event_topics(w3, artifact["abi"])
         self._errors = _error_selectors(w3, artifact["abi"])
 
@@ -283,13 +293,25 @@ class Market:
             return int(self.w3.eth.block_number)
 
     def chain_time(self) -> int:
-        """Timestamp of the latest block: the clock deadlines are judged by."""
+        """Timestamp of the latest block: the clock deadlines are judged by.
+
+        On a network node it is read at most once a second and runs on our own
+        clock in between (deadlines are minutes; a round trip per run is not).
+        """
+        if self._key is not None and self._clock is not None and time.monotonic() - self._clock[0] < CLOCK_TTL:
+            return self._clock[1] + int(time.monotonic() - self._clock[0])
         with self._guard():
-            return int(self.w3.eth.get_block("latest")["timestamp"])
+            now = int(self.w3.eth.get_block("latest")["timestamp"])
+        self._clock = (time.monotonic(), now)
+        return now
 
     def gas_price(self) -> int:
+        if self._key is not None and self._price is not None and time.monotonic() - self._price[0] < FEES_TTL:
+            return self._price[1]
         with self._guard():
-            return int(self.w3.eth.gas_price)
+            price = int(self.w3.eth.gas_price)
+        self._price = (time.monotonic(), price)
+        return price
 
     # -- events --------------------------------------------------------------
 
@@ -367,10 +389,12 @@ class Market:
                     try:
                         tx_hash = self._send_signed(fn, value, gas)
                     except Exception as first:
-                        if "nonce" not in str(first).lower():
+                        reason = str(first).lower()
+                        if "nonce" not in reason and "fee" not in reason:
                             raise
-                        # another process (a second kernel) sent from this account: recount, retry once
-                        self._nonce = None
+                        # another process (a second kernel) sent from this account, or the
+                        # base fee rose past our cached fees: recount, re-ask, retry once
+                        self._nonce = self._fees = None
                         tx_hash = self._send_signed(fn, value, gas)
             except Exception as exc:
                 self._nonce = None  # a refused transaction may leave our count wrong: re-read it
@@ -409,7 +433,7 @@ class Market:
     def _send_signed(self, fn: Any, value: int, gas: int | None = None) -> Any:
         if self._nonce is None:
             self._nonce = int(self.w3.eth.get_transaction_count(self.account, "pending"))
-        options = {"from": self.account, "value": value, "nonce": self._nonce}
+        options = {"from": self.account, "value": value, "nonce": self._nonce, **self._fee_fields()}
         if gas is not None:
             options["gas"] = gas
         tx = fn.build_transaction(options)
@@ -417,6 +441,24 @@ class Market:
         tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         self._nonce += 1
         return tx_hash
+
+    def _fee_fields(self) -> dict[str, int]:
+        """EIP-1559 fees as web3 would set them (twice the base fee plus the tip), asked once per FEES_TTL.
+
+        Left to web3, every transaction asks the node twice more (the tip and
+        the latest block). A base fee can grow 12.5 % a block: twice it covers
+        several blocks, and a refusal clears this cache (see ``_transact``).
+        """
+        if self._fees is not None and time.monotonic() - self._fees[0] < FEES_TTL:
+            return self._fees[1]
+        block = self.w3.eth.get_block("latest")
+        base = block.get("baseFeePerGas")
+        if base is None:  # a chain without EIP-1559: web3 uses the legacy gas price
+            return {}
+        tip = int(self.w3.eth.max_priority_fee)
+        fields = {"maxFeePerGas": 2 * int(base) + tip, "maxPriorityFeePerGas": tip}
+        self._fees = (time.monotonic(), fields)
+        return fields
 
     def _explain(self, exc: Exception, fn: Any, value: int) -> Exception:
         """Turn a web3 error into a DecloudError with one sentence (and no key material)."""

@@ -54,8 +54,15 @@ def submit_many(
     price_wei = client.default_price_wei if price is None else parse_amount(price)
     client.preflight(price_wei, max_price, count=len(inputs))
     runs = [
-        client._new_run(code, price_wei, outputs, name=name, trust_pickle=trust_pickle, timeout=timeout,
-                        validators=validators)  # fmt: skip
+        client._new_run(
+            code,
+            price_wei,
+            outputs,
+            name=name,
+            trust_pickle=trust_pickle,
+            timeout=timeout,
+            validators=validators,
+        )  # fmt: skip
         for _ in inputs
     ]
     ready: list[Run] = []
@@ -86,8 +93,8 @@ def submit_many(
                 client._fail_before_chain(run, exc)
             raise
         for i, (run, task_id) in enumerate(zip(chunk, ids, strict=True)):
-            client._opened(run, task_id, outcome, deadline, validators,
-                           gas=(_share(outcome.gas_used, len(chunk), i), _share(outcome.gas_cost_wei, len(chunk), i)))  # fmt: skip
+            gas = (_share(outcome.gas_used, len(chunk), i), _share(outcome.gas_cost_wei, len(chunk), i))
+            client._opened(run, task_id, outcome, deadline, validators, gas=gas, hint=i == len(chunk) - 1)
     return runs
 
 

@@ -221,8 +221,9 @@ class Client(Following):
         run.input_cid = self.conn.store.put(package)
 
     def _opened(self, run: Run, task_id: int, outcome: TxOutcome, deadline: int, validators: int, *,
-                gas: tuple[int, int]) -> None:  # fmt: skip
-        """The task is on chain: record it, say so, and follow it. ``gas`` is this run's share."""
+                gas: tuple[int, int], hint: bool = True) -> None:  # fmt: skip
+        """The task is on chain: record it, say so, and follow it. ``gas`` is this run's share;
+        ``hint`` tells listening workers to look now (a batch sends one for all its tasks)."""
         market = self.conn.market
         run.task_id = task_id
         run.validators = validators
@@ -240,8 +241,8 @@ class Client(Following):
             tx_hash=outcome.tx_hash,
             data={"task_id": task_id, "input_cid": run.input_cid, "gas": gas[0]},
         )
-        # a hint for workers that listen: the task is on chain, look now rather than at the next poll
-        self.conn.channel.publish(task_id, "created", {})
+        if hint:  # for workers that listen: the task is on chain, look now rather than at the next poll
+            self.conn.channel.publish(task_id, "created", {})
         with self._lock:
             self._by_task[task_id] = run
             early = self._orphans.pop(task_id, [])

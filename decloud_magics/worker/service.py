@@ -258,8 +258,8 @@ class Worker:
 
     def _offer_work(self) -> None:
         """Try the oldest acceptable tasks while a slot is free."""
-        if not self._offers:
-            return
+        if not self._offers or len(self._held) >= self.policy.slots:
+            return  # every slot is busy: no need to sort a long queue on each wake
         now = self._now()
         for task_id in sorted(self._offers, key=self._turn):
             if self._stop.is_set():

@@ -15,6 +15,7 @@ import decimal
 import itertools
 import json
 import re
+import sqlite3
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -66,6 +67,7 @@ _HISTORY_TEXT = (
     "run_id", "name", "network", "status", "worker", "input_cid", "result_cid", "error", "cell_hash",
 )  # fmt: skip
 _NEWEST_FIRST = "ORDER BY submitted_at DESC, rowid DESC"
+_JSON_ARRAY = "json_group_array"
 
 # Python-backed "str": pandas' default pyarrow storage costs several times more
 # to build from Python strings, and these came from sqlite3 as Python strings.
@@ -113,28 +115,28 @@ def history_frame(
         where += " AND submitted_at >= ?"
         params.append(parse_since(since).timestamp())
     numbers_sql = f"SELECT {', '.join(_HISTORY_NUMBERS)} FROM runs WHERE {where}"
-    text_sql = f"SELECT json_group_array(rowid), {', '.join(f'json_group_array({c})' for c in _HISTORY_TEXT)} FROM runs"
     if limit is not None:
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise UsageError(f"limit must be a whole number of runs, zero or more, not {limit!r}.")
         # A few newest rows: let the submitted_at index find them.
         numbers_sql += f" {_NEWEST_FIRST} LIMIT ?"
-        text_sql += f" WHERE rowid IN (SELECT rowid FROM runs WHERE {where} {_NEWEST_FIRST} LIMIT ?)"
+        text_source = f"runs WHERE rowid IN (SELECT rowid FROM runs WHERE {where} {_NEWEST_FIRST} LIMIT ?)"
         params.append(limit)
     else:
         # The whole history: walking the index costs a b-tree lookup per row,
         # so read in storage order and sort the times in numpy instead.
         # rowid DESC makes the stable sort below break ties newest-first.
         numbers_sql += " ORDER BY rowid DESC"
-        text_sql += f" WHERE {where}"
+        text_source = f"runs WHERE {where}"
 
     # sqlite3 hands over every cell on its own (a GIL release and a new object
     # each), which made the text columns the slowest part of a long history.
-    # SQLite builds their JSON arrays without the GIL, so that query runs on a
-    # helper thread, on a second core, while this one converts the numbers.
+    # SQLite builds them into JSON arrays without holding the GIL, so that
+    # query runs on a helper thread, on the second core, while this thread
+    # converts the numbers.
     with ledger.snapshot() as conn, ThreadPoolExecutor(1, thread_name_prefix="decloud-history") as helper:
         numbers = _table(conn.execute(numbers_sql, params).fetchall(), len(_HISTORY_NUMBERS))
-        text_row = helper.submit(lambda: conn.execute(text_sql, params).fetchone())
+        text = helper.submit(_history_text, conn, text_source, params)
         rowid, submitted_s, started_s, completed_s, gas_used, price_wei, gas_cost_wei = numbers.T
         order: slice | np.ndarray = slice(None)
         submitted_s = submitted_s.astype("float64")
@@ -155,17 +157,40 @@ def history_frame(
             "gas_cost": _money(gas_cost, len(price)),
             "total_cost": _money(map(_EXACT.add, price, gas_cost), len(price)),
         }
-        ids, *texts = text_row.result()
+        ids, *arrays = text.result()
     at = _positions(json.loads(ids), rowid.tolist())
     if isinstance(order, np.ndarray):
-        at = np.arange(len(rowid))[at][order]
-    for name, values in zip(_HISTORY_TEXT, texts):
-        frame[name] = _text(np.fromiter(json.loads(values), dtype=object, count=len(rowid))[at])
+        at = len(rowid) - 1 - order if at is None else at[order]
+    for name, array in zip(_HISTORY_TEXT, arrays):
+        frame[name] = _text(_ordered(json.loads(array), at), copy=False)
     return pd.DataFrame(
         frame,
         columns=list(HISTORY_COLUMNS),
         copy=False,  # every array above is new and ours; copying them again costs ~10 ms
     )
+
+
+def _history_text(conn: sqlite3.Connection, source: str, params: list[Any]) -> tuple[str, ...]:
+    """The rowids, then each of ``_HISTORY_TEXT``, as JSON arrays from ``SELECT ... FROM {source}``.
+
+    The arrays share one order, whichever SQLite picks; history_frame
+    matches them to its rows by rowid. They stay JSON text here because
+    parsing them on this thread would only compete with the caller's for
+    the GIL.
+    """
+    columns = ("rowid", *_HISTORY_TEXT)
+    try:
+        (arrays,) = conn.execute(
+            f"SELECT {', '.join(f'{_JSON_ARRAY}({c})' for c in columns)} FROM {source}", params
+        ).fetchall()
+    except sqlite3.OperationalError as exc:
+        if _JSON_ARRAY not in str(exc):
+            raise
+        # An SQLite built without its JSON functions (optional before 3.38):
+        # the same arrays, made here from the rows.
+        found = conn.execute(f"SELECT {', '.join(columns)} FROM {source}", params).fetchall()
+        return tuple(json.dumps(list(values)) for values in zip(*found)) if found else ("[]",) * len(columns)
+    return tuple(arrays)
 
 
 def events_frame(ledger: Ledger, run_id: str) -> pd.DataFrame:
@@ -280,8 +305,9 @@ def _table(rows: list[tuple[Any, ...]], width: int) -> np.ndarray:
     return flat.reshape(len(rows), width)
 
 
-def _text(column: np.ndarray) -> pd.api.extensions.ExtensionArray:
-    return pd.array(column, dtype=_STR)
+def _text(column: np.ndarray, copy: bool = True) -> pd.api.extensions.ExtensionArray:
+    # copy=False only for arrays made for the frame: it keeps them as they are.
+    return pd.array(column, dtype=_STR, copy=copy)
 
 
 def _times(seconds: np.ndarray) -> pd.DatetimeIndex:
@@ -319,20 +345,33 @@ def _money(values: Iterable[Decimal], count: int) -> np.ndarray:
 def _counts(column: np.ndarray) -> pd.arrays.IntegerArray:
     # Nullable Int64 from ints and Nones, built from its mask directly: a
     # few times quicker than pd.array(column, dtype="Int64").
-    missing = np.equal(column, None)
+    missing = pd.isna(column)
     return pd.arrays.IntegerArray(np.where(missing, 0, column).astype(np.int64), missing)
 
 
-def _positions(ids: list[int], wanted: list[int]) -> slice | np.ndarray:
-    """Where each rowid of ``wanted`` sits in ``ids``, the same rowids in another order."""
-    if ids == wanted[::-1]:  # the usual: a scan in storage order, against rowid DESC
-        return slice(None, None, -1)
+def _positions(ids: list[int], wanted: list[int]) -> np.ndarray | None:
+    """Where each rowid of ``wanted`` sits in ``ids``, the same rowids in another order.
+
+    None when ``ids`` is ``wanted`` reversed: the usual case, a scan in
+    storage order against rowid DESC.
+    """
+    if ids == wanted[::-1]:
+        return None
     have, want = np.array(ids, dtype=np.int64), np.array(wanted, dtype=np.int64)
-    sorter = np.argsort(have)
-    found = sorter[np.searchsorted(have, want, sorter=sorter).clip(max=max(len(have) - 1, 0))]
-    if len(have) != len(want) or not np.array_equal(have[found], want):
-        raise RuntimeError("The two queries of one history snapshot returned different runs.")
-    return found
+    if len(have) == len(want):
+        sorter = np.argsort(have)
+        found = sorter[np.searchsorted(have, want, sorter=sorter).clip(max=len(have) - 1)]
+        if np.array_equal(have[found], want):
+            return found
+    raise RuntimeError("The two queries of one history snapshot returned different runs.")
+
+
+def _ordered(values: list[Any], at: np.ndarray | None) -> np.ndarray:
+    """``values[at]`` as an object array; reversed when ``at`` is None (see _positions)."""
+    if at is None:
+        values.reverse()
+    column = np.fromiter(values, dtype=object, count=len(values))
+    return column if at is None else column[at]
 
 
 def _statuses(status: Status | str | Iterable[Status | str]) -> list[str]:

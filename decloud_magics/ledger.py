@@ -351,9 +351,10 @@ class Ledger:
         """This thread's connection inside one read transaction, for read-only queries.
 
         Every query made on it until the block ends sees the same state of
-        the file, whatever other connections commit meanwhile; a view built
-        from several queries stays consistent. The caller may hand the
-        connection to one helper thread while it waits for that thread.
+        the file, whatever other connections commit meanwhile, so a view
+        built from several queries is consistent. The caller may lend the
+        connection to one other thread, as long as the two never use it at
+        the same time.
         """
         conn = self._conn()
         if conn.in_transaction:  # already inside one: that one's snapshot holds

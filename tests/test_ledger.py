@@ -14,12 +14,14 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Context, Decimal, localcontext
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from decloud_magics import frames
 from decloud_magics.errors import ConfigError, UsageError
 from decloud_magics.frames import EVENT_COLUMNS, HISTORY_COLUMNS, SUMMARY_COLUMNS, parse_since
 from decloud_magics.ledger import SCHEMA_VERSION, Ledger, RunRecord, run_spent_wei
@@ -506,40 +508,62 @@ def test_history_frame_filters(ledger: Ledger) -> None:
         ledger.history_frame(limit=-1)
 
 
-def history_one_run_at_a_time(ledger: Ledger, network=None, statuses=None, since=None, limit=None):
-    """The history built the plain way, row by row from one SELECT, to hold the real one to."""
-    rows = ledger.query(
-        "SELECT rowid, run_id, name, network, status, submitted_at, started_at, completed_at, price_wei,"
-        " gas_used, gas_cost_wei, worker, input_cid, result_cid, error, cell_hash FROM runs"
-    )
-    rows = [
-        r
-        for r in rows
-        if (network is None or r[3] == network)
-        and (statuses is None or r[4] in statuses)
-        and (since is None or r[5] >= since.timestamp())
+def history_row_by_row(ledger: Ledger, **filters: Any) -> dict[str, list[Any]]:
+    """The history built the plain way, row by row from one SELECT, to hold history_frame to."""
+    stored = (
+        "rowid", "run_id", "name", "network", "status", "submitted_at", "started_at", "completed_at",
+        "price_wei", "gas_used", "gas_cost_wei", "worker", "input_cid", "result_cid", "error", "cell_hash",
+    )  # fmt: skip
+    statuses = filters.get("status")
+    statuses = [statuses] if isinstance(statuses, str) else statuses
+    since = filters.get("since")
+    runs = [
+        run
+        for run in (dict(zip(stored, row)) for row in ledger.query(f"SELECT {', '.join(stored)} FROM runs"))
+        if filters.get("network") in (None, run["network"])
+        and (statuses is None or run["status"] in statuses)
+        and (since is None or run["submitted_at"] >= since.timestamp())
     ]
-    rows.sort(key=lambda r: (r[5], r[0]), reverse=True)
-    rows = rows[:limit]
+    runs.sort(key=lambda run: (run["submitted_at"], run["rowid"]), reverse=True)
 
     def moment(seconds: float | None) -> pd.Timestamp:
         return pd.NaT if seconds is None else pd.Timestamp(datetime.fromtimestamp(seconds, timezone.utc))
 
-    def ether(wei: str | None, plus: str | None = None) -> Decimal:
+    def ether(*wei: str | None) -> Decimal:
         with localcontext(Context(prec=80)):  # exact for any two uint256 amounts
-            return Decimal(int(wei or 0)) / Decimal(ETHER) + (ether(plus) if plus is not None else 0)
+            amounts = [Decimal(int(w or 0)) / Decimal(ETHER) for w in wei]
+            return amounts[0] if len(amounts) == 1 else amounts[0] + amounts[1]
 
-    columns: dict[str, list[object]] = {name: [] for name in HISTORY_COLUMNS}
-    for _, run_id, name, net, status, sub, start, done, price, gas, gas_cost, worker, cid, result, error, cell in rows:
-        for column, value in [
-            ("run_id", run_id), ("name", name), ("network", net), ("status", status),
-            ("submitted_at", moment(sub)), ("started_at", moment(start)), ("completed_at", moment(done)),
-            ("duration_s", float("nan") if done is None else done - sub), ("price", ether(price)),
-            ("gas_used", gas), ("gas_cost", ether(gas_cost)), ("total_cost", ether(price, gas_cost)),
-            ("worker", worker), ("input_cid", cid), ("result_cid", result), ("error", error), ("cell_hash", cell),
-        ]:  # fmt: skip
-            columns[column].append(value)
+    columns: dict[str, list[Any]] = {name: [] for name in HISTORY_COLUMNS}
+    for run in runs[: filters.get("limit")]:
+        done = run["completed_at"]
+        for name in HISTORY_COLUMNS:
+            columns[name].append(run.get(name))
+        columns["submitted_at"][-1] = moment(run["submitted_at"])
+        columns["started_at"][-1] = moment(run["started_at"])
+        columns["completed_at"][-1] = moment(done)
+        columns["duration_s"][-1] = float("nan") if done is None else done - run["submitted_at"]
+        columns["price"][-1] = ether(run["price_wei"])
+        columns["gas_cost"][-1] = ether(run["gas_cost_wei"])
+        columns["total_cost"][-1] = ether(run["price_wei"], run["gas_cost_wei"])
     return columns
+
+
+def assert_history_is(frame: pd.DataFrame, expected: dict[str, list[Any]]) -> None:
+    assert_history_dtypes(frame)
+    assert len(frame) == len(expected["run_id"])
+    for name in HISTORY_COLUMNS:
+        got = frame[name].tolist()
+        if name in ("price", "gas_cost", "total_cost"):
+            # The same digits and exponent, not only equal values: 0.002 must not show as 0.0020.
+            assert [d.as_tuple() for d in got] == [d.as_tuple() for d in expected[name]], name
+        elif name == "duration_s":  # bit for bit, NaN included
+            want = pd.Series(expected[name], dtype="float64").to_numpy()
+            assert frame[name].to_numpy().tobytes() == want.tobytes()
+        else:
+            assert [None if pd.isna(v) else v for v in got] == [
+                None if pd.isna(v) else v for v in expected[name]
+            ], name
 
 
 AWKWARD_TEXTS = [
@@ -582,56 +606,61 @@ def awkward_ledger(ledger: Ledger) -> Ledger:
     return ledger
 
 
-@pytest.mark.parametrize(
-    "filters",
-    [
-        {},
-        {"network": "local"},
-        {"network": "nowhere"},
-        {"status": ["running", "open"]},
-        {"status": "completed", "network": "devnet"},
-        {"since": NOW - timedelta(days=1)},
-        {"since": NOW + timedelta(days=365 * 100)},
-        {"limit": 0},
-        {"limit": 7},
-        {"limit": 1000},
-        {"network": "local", "status": ["completed", "failed"], "since": NOW - timedelta(days=9000), "limit": 5},
-    ],
-)
-def test_history_frame_matches_the_plain_row_by_row_reading(awkward_ledger: Ledger, filters: dict) -> None:
-    frame = awkward_ledger.history_frame(**filters)
-    assert_history_dtypes(frame)
-    statuses = filters.get("status")
-    expected = history_one_run_at_a_time(
-        awkward_ledger,
-        network=filters.get("network"),
-        statuses=None if statuses is None else {statuses} if isinstance(statuses, str) else set(statuses),
-        since=filters.get("since"),
-        limit=filters.get("limit"),
-    )
-    assert len(frame) == len(expected["run_id"])
-    for name in HISTORY_COLUMNS:
-        got = frame[name].tolist()
-        if name in ("price", "gas_cost", "total_cost"):
-            # Same digits and exponent, not only equal: 0.002 must not show as 0.0020.
-            assert [d.as_tuple() for d in got] == [d.as_tuple() for d in expected[name]], name
-        elif name in ("submitted_at", "started_at", "completed_at"):
-            assert [None if pd.isna(t) else t for t in got] == [
-                None if pd.isna(t) else t for t in expected[name]
-            ], name
-        elif name == "duration_s":
-            # Bit for bit, NaN included.
-            want = pd.Series(expected[name], dtype="float64").to_numpy()
-            assert frame[name].to_numpy().tobytes() == want.tobytes()
-        else:
-            assert [None if pd.isna(v) else v for v in got] == expected[name], name
+HISTORY_FILTERS = [
+    {},
+    {"network": "local"},
+    {"network": "nowhere"},
+    {"status": ["running", "open"]},
+    {"status": "completed", "network": "devnet"},
+    {"since": NOW - timedelta(days=1)},
+    {"since": NOW + timedelta(days=365 * 100)},
+    {"limit": 0},
+    {"limit": 7},
+    {"limit": 1000},
+    {"network": "local", "status": ["completed", "failed"], "since": NOW - timedelta(days=9000), "limit": 5},
+]
 
 
-def test_history_frame_of_an_empty_ledger_matches_the_plain_reading(ledger: Ledger) -> None:
-    for filters in ({}, {"limit": 3}, {"network": "local", "status": "failed"}):
-        frame = ledger.history_frame(**filters)
-        assert_history_dtypes(frame)
-        assert frame.empty and list(frame.columns) == list(HISTORY_COLUMNS)
+@pytest.fixture(params=["json", "no json"])
+def sqlite_json(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "no json":
+        # As on an SQLite built without its JSON functions (optional before 3.38).
+        monkeypatch.setattr(frames, "_JSON_ARRAY", "json_group_array_missing")
+    return request.param
+
+
+@pytest.mark.parametrize("filters", HISTORY_FILTERS)
+def test_history_frame_matches_the_plain_row_by_row_reading(
+    awkward_ledger: Ledger, sqlite_json: str, filters: dict[str, Any]
+) -> None:
+    assert_history_is(awkward_ledger.history_frame(**filters), history_row_by_row(awkward_ledger, **filters))
+
+
+def test_history_frame_of_an_empty_ledger_matches_the_plain_reading(ledger: Ledger, sqlite_json: str) -> None:
+    for filters in HISTORY_FILTERS:
+        assert_history_is(ledger.history_frame(**filters), history_row_by_row(ledger, **filters))
+
+
+def test_history_frame_reads_one_snapshot_while_another_kernel_writes(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger.record_run(make_run("a", name="before", status=Status.RUNNING, submitted_at=NOW))
+    read_text = frames._history_text
+
+    def commit_in_between(*args: Any) -> tuple[str, ...]:
+        with Ledger(ledger.path) as other:  # another kernel, between the numbers and the text
+            other.record_run(make_run("b", submitted_at=NOW + timedelta(seconds=1)))
+            other.update_run("a", name="after", status=Status.COMPLETED, completed_at=NOW)
+        return read_text(*args)
+
+    monkeypatch.setattr(frames, "_history_text", commit_in_between)
+    frame = ledger.history_frame()
+    assert frame["run_id"].tolist() == ["a"]
+    assert frame["name"].tolist() == ["before"] and frame["status"].tolist() == ["running"]
+    assert pd.isna(frame["completed_at"].iloc[0])
+    monkeypatch.undo()
+    later = ledger.history_frame()  # a new snapshot sees both commits
+    assert later["run_id"].tolist() == ["b", "a"] and later["name"].iloc[1] == "after"
 
 
 def test_parse_since() -> None:

@@ -46,7 +46,7 @@ from subprocess import Popen
 
 from ..errors import DecloudError
 from ..package import ResultPackage, decode_result, encode_result
-from .spares import Key, Process, SparePool, close_at_exit
+from .spares import REFILL_DELAY, Key, Process, SparePool, close_at_exit
 
 __all__ = ["SandboxLimits", "network_isolation_available", "prewarm", "run_in_sandbox", "shutdown_spares"]
 
@@ -96,19 +96,23 @@ def run_in_sandbox(
     on_stdout: LineSink | None = None,
     python: str = sys.executable,
     cancel: threading.Event | None = None,
+    queued: bool = False,
 ) -> bytes:
     """Run a task package in a sandbox process; return the encoded result package.
 
     ``on_stdout`` gets each stdout line as it arrives (live progress), called
     from the calling thread. Setting ``cancel`` kills the run (its worker lost
-    the task); the result then says it was cancelled. Timeouts, limits and crashes come back as results
+    the task); the result then says it was cancelled. ``queued`` says more tasks
+    wait behind this one: the next warm interpreter is started at once rather
+    than when this run ends. Timeouts, limits and crashes come back as results
     with a ``failure`` sentence; only a bug of the worker itself raises.
     """
     limits = limits or SandboxLimits()
     started = time.monotonic()
     _sweep_leftovers()
     isolated = _unshare_works(python, limits.network)
-    child = _spares.take((python, limits.network), limits.threads)
+    refill_delay = 0.0 if queued else REFILL_DELAY
+    child = _spares.take((python, limits.network), limits.threads, refill_delay=refill_delay)
     cgroup = _make_pids_cgroup(limits.max_processes) if limits.max_processes else None
     run: _Run | None = None
     try:

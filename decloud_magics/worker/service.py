@@ -414,9 +414,9 @@ class Worker:
                     cancel.set()
 
             confirm.add_done_callback(claimed)  # at once when it is already settled
-        return run_in_sandbox(
-            package, timeout=float(offer.timeout), limits=limits, on_stdout=say.line, cancel=cancel
-        )
+        queued = len(self._offers) > len(self._held)  # more work waits: start the next interpreter now
+        return run_in_sandbox(package, timeout=float(offer.timeout), limits=limits, on_stdout=say.line,
+                              cancel=cancel, queued=queued)  # fmt: skip
 
     def on_complete(self, offer: TaskOffer, result: bytes) -> None:
         """Store the result and queue its settlement: a result the sandbox cut short refunds the requester."""

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 MAX_AGE = 600.0
 #: Seconds a refill waits for the run that took the spare to end.
 REFILL_DELAY = 0.5
+#: Seconds a run waits for a spare that is starting, before it starts its own.
+MAX_WAIT = 5.0
 Key = tuple[str, bool]  # (python, network): what decides how a sandbox process is started
 
 
@@ -120,17 +122,22 @@ class SparePool:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def take(self, key: Key, threads: int) -> Process | None:
+    def take(self, key: Key, threads: int, refill_delay: float = REFILL_DELAY) -> Process | None:
         """The ready spare for ``key`` if its thread count matches, else None (the caller starts cold).
 
         Either way the slot is emptied and refilled for this thread count: the
         thread count is in the environment, fixed when the process starts, and
         the next task most likely asks what this one did. The refill waits for
-        ``prewarm`` (the run ended) or ``REFILL_DELAY``.
+        ``prewarm`` (the run ended) or ``refill_delay``: 0 when more tasks are
+        queued behind this one, whose next spare should start at once.
         """
         with self._lock:
+            if key not in self._ready and self._making.get(key) == threads:
+                # One is starting already: waiting for it is never slower than starting
+                # another, and does not put a second interpreter start on the same cores.
+                self._lock.wait_for(lambda: key in self._ready or key not in self._making, MAX_WAIT)
             spare = self._ready.pop(key, None)
-            self._want(key, threads, delay=REFILL_DELAY)
+            self._want(key, threads, delay=refill_delay)
         if spare is not None and (spare.threads != threads or not spare.usable(self.max_age)):
             spare.discard()
             spare = None

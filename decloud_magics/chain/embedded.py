@@ -27,6 +27,7 @@ class EmbeddedChain:
         from web3 import EthereumTesterProvider, Web3
 
         self.lock = threading.RLock()
+        self.clock_epoch = 0  # bumped by time_travel: markets then read the clock again
         self._listeners: list[threading.Event] = []
         self._listeners_lock = threading.Lock()
         self.w3: Web3 = Web3(EthereumTesterProvider())
@@ -45,7 +46,8 @@ class EmbeddedChain:
         """A market client acting as one of the funded accounts (index or address)."""
         address = self.accounts[account] if isinstance(account, int) else account
         # Every transaction here wakes the followers at once, so polling is only a safety net.
-        return Market(self.w3, self.address, address, lock=self.lock, on_block=self.notify_block, poll_interval=0.5)
+        return Market(self.w3, self.address, address, lock=self.lock, on_block=self.notify_block, poll_interval=0.5,
+                      clock_epoch=lambda: self.clock_epoch)  # fmt: skip
 
     def add_listener(self, wake: threading.Event) -> None:
         """Set ``wake`` whenever a transaction is mined here, so followers react at once."""
@@ -70,6 +72,7 @@ class EmbeddedChain:
             now = int(self.w3.eth.get_block("latest")["timestamp"])
             tester.time_travel(now + seconds)
             tester.mine_blocks(1)
+            self.clock_epoch += 1
         self.notify_block()
 
 

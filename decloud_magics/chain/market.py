@@ -152,6 +152,7 @@ class Market:
         lock: threading.RLock | None = None,
         on_block: Callable[[], None] | None = None,
         poll_interval: float = 0.05,
+        clock_epoch: Callable[[], int] | None = None,
     ) -> None:
         artifact = load_artifact()
         self.w3 = w3
@@ -162,11 +163,11 @@ class Market:
         self.poll_interval = poll_interval
         self._key = key
         self._on_block = on_block
+        # changes when someone moves the chain's clock (the embedded chain's time travel)
+        self._clock_epoch = clock_epoch or (lambda: 0)
         self._nonce: int | None = None
-        # A node's answers that change slowly, kept for a few seconds on networks where
-        # each question is a round trip (not for the embedded chain, whose clock tests move):
-        # (monotonic time read, value)
-        self._clock: tuple[float, int] | None = None
+        # A node's answers that change slowly, kept for a few seconds: (monotonic time read, value[, epoch])
+        self._clock: tuple[float, int, int] | None = None
         self._fees: tuple[float, dict[str, int]] | None = None
         self._price: tuple[float, int] | None = None
         self._topics = _event_topics(w3, artifact["abi"])
@@ -295,14 +296,16 @@ class Market:
     def chain_time(self) -> int:
         """Timestamp of the latest block: the clock deadlines are judged by.
 
-        On a network node it is read at most once a second and runs on our own
-        clock in between (deadlines are minutes; a round trip per run is not).
+        It is read at most once a second and runs on our own clock in between
+        (deadlines are minutes; reading a block per run is not), unless the
+        chain's clock was moved (``clock_epoch``).
         """
-        if self._key is not None and self._clock is not None and time.monotonic() - self._clock[0] < CLOCK_TTL:
+        epoch = self._clock_epoch()
+        if self._clock is not None and self._clock[2] == epoch and time.monotonic() - self._clock[0] < CLOCK_TTL:
             return self._clock[1] + int(time.monotonic() - self._clock[0])
         with self._guard():
             now = int(self.w3.eth.get_block("latest")["timestamp"])
-        self._clock = (time.monotonic(), now)
+        self._clock = (time.monotonic(), now, epoch)
         return now
 
     def gas_price(self) -> int:

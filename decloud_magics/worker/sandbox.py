@@ -46,7 +46,7 @@ from subprocess import Popen
 
 from ..errors import DecloudError
 from ..package import ResultPackage, decode_result, encode_result
-from .spares import AFTER_RUN_DELAY, REFILL_DELAY, Key, Process, SparePool, close_at_exit
+from .spares import REFILL_DELAY, Key, Process, SparePool, close_at_exit
 
 __all__ = ["SandboxLimits", "network_isolation_available", "prewarm", "run_in_sandbox", "shutdown_spares"]
 
@@ -134,8 +134,7 @@ def run_in_sandbox(
         run.process_limit_hit = cgroup is not None and _pids_limit_hit(cgroup)
         return _assemble(run, limits, timeout, isolated, cgroup is not None)
     finally:
-        # this run is over: refill once its result has had a moment to reach the chain
-        _spares.prewarm((python, limits.network), limits.threads, delay=AFTER_RUN_DELAY)
+        _spares.prewarm((python, limits.network), limits.threads)  # this run is over: refill now
         if run is None and child is not None:
             child.discard()  # never supervised: kill and reap it here
         if cgroup is not None:

@@ -7,10 +7,10 @@ for a config. A run takes it, hands it the task, and a new spare is started
 behind it. Each process still runs one task and exits: nothing a cell does
 can reach the next one.
 
-The next spare is started just after the run that took the last one has ended
-(or after ``REFILL_DELAY`` if it runs long): started at once, it would compete
-for the CPU with the very task it is meant to speed up (its sandbox, then the
-transaction that settles it), on the few cores of a laptop or a small worker.
+The next spare is started when the run that took the last one has ended (or
+after ``REFILL_DELAY`` if it runs long): started at once, it would compete for
+the CPU with the very task it is meant to speed up, on the few cores of a
+laptop or a small worker.
 
 Spares are started from one long-lived thread because the sandbox's
 ``--pdeathsig`` fires when the *thread* that started it ends, not the
@@ -39,9 +39,6 @@ log = logging.getLogger(__name__)
 MAX_AGE = 600.0
 #: Seconds a refill waits for the run that took the spare to end.
 REFILL_DELAY = 0.5
-#: Seconds after a run ends before its replacement starts: time for the worker to store
-#: the result and send it, which a starting interpreter would otherwise slow down.
-AFTER_RUN_DELAY = 0.05
 #: Seconds a run waits for a spare that is starting, before it starts its own.
 MAX_WAIT = 5.0
 Key = tuple[str, bool]  # (python, network): what decides how a sandbox process is started
@@ -150,9 +147,9 @@ class SparePool:
         with self._lock:
             self.served["warm" if warm else "cold"] += 1
 
-    def prewarm(self, key: Key, threads: int, delay: float = 0.0) -> None:
+    def prewarm(self, key: Key, threads: int) -> None:
         with self._lock:
-            self._want(key, threads, delay=delay)
+            self._want(key, threads)
 
     def wait_ready(self, key: Key, timeout: float) -> bool:
         """Whether a spare for ``key`` is ready within ``timeout`` seconds."""

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import DecloudError, UsageError
 from .models import Resources
-from .units import parse_amount
 
 if TYPE_CHECKING:
     from .client import Client
@@ -43,15 +42,11 @@ def submit_many(
     batch: int = DEFAULT_BATCH,
 ) -> list[Run]:
     """One run of ``code`` per element of ``inputs``, in order; see ``Client.map``."""
-    from .client import LEASE_GRACE_S
-
     if isinstance(inputs, Mapping) or not all(isinstance(values, Mapping) for values in inputs):
         raise UsageError("map takes a list of dicts, one per run, each mapping names to values.")
-    if timeout <= 0:
-        raise UsageError(f"--timeout must be a positive number of seconds, not {timeout}.")
     if batch < 1:
         raise UsageError(f"batch must be at least 1 task per transaction, not {batch}.")
-    price_wei = client.default_price_wei if price is None else parse_amount(price)
+    price_wei = client._price_wei(price, timeout)
     client.preflight(price_wei, max_price, count=len(inputs))
     runs = [
         client._new_run(
@@ -74,19 +69,13 @@ def submit_many(
         else:
             ready.append(run)
 
-    market = client.conn.market
     for start in range(0, len(ready), batch):
         chunk = ready[start : start + batch]
-        deadline = market.chain_time() + timeout + (queue_window_s or client.queue_window_s)
+        terms = client._task_terms(timeout, queue_window_s)
         try:
-            ids, outcome = market.create_tasks(
-                [run.input_cid or "" for run in chunk],
-                price_wei,
-                timeout=int(timeout),
-                lease=int(timeout) + LEASE_GRACE_S,
-                deadline=deadline,
-                validators=validators,
-                resources=resources,
+            cids = [run.input_cid or "" for run in chunk]
+            ids, outcome = client.conn.market.create_tasks(
+                cids, price_wei, **terms, validators=validators, resources=resources
             )
         except DecloudError as exc:
             for run in ready[start:]:  # this batch and the ones after it: nothing of them was paid
@@ -94,7 +83,8 @@ def submit_many(
             raise
         for i, (run, task_id) in enumerate(zip(chunk, ids, strict=True)):
             gas = (_share(outcome.gas_used, len(chunk), i), _share(outcome.gas_cost_wei, len(chunk), i))
-            client._opened(run, task_id, outcome, deadline, validators, gas=gas, hint=i == len(chunk) - 1)
+            last = i == len(chunk) - 1  # one "created" hint for the whole batch
+            client._opened(run, task_id, outcome, terms["deadline"], validators, gas=gas, hint=last)
     return runs
 
 

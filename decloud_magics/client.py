@@ -140,31 +140,22 @@ class Client(Following):
         ``outputs`` names what to bring back; by default every name the cell assigns.
         Errors before the task is opened (syntax, unserializable input) cost nothing.
         """
-        if timeout <= 0:
-            raise UsageError(f"--timeout must be a positive number of seconds, not {timeout}.")
-        price_wei = self.default_price_wei if price is None else parse_amount(price)
+        price_wei = self._price_wei(price, timeout)
         run = self._new_run(code, price_wei, outputs, name=name, trust_pickle=trust_pickle, timeout=timeout,
                             validators=validators)  # fmt: skip
         try:
             self.preflight(price_wei, max_price)
             self._package(run, code, inputs, outputs, namespace=namespace, input_names=input_names,
                           max_input_bytes=max_input_bytes)  # fmt: skip
-            market = self.conn.market
-            deadline = market.chain_time() + timeout + (queue_window_s or self.queue_window_s)
-            task_id, outcome = market.create_task(
-                run.input_cid or "",
-                price_wei,
-                timeout=int(timeout),
-                lease=int(timeout) + LEASE_GRACE_S,
-                deadline=deadline,
-                validators=validators,
-                resources=resources,
+            terms = self._task_terms(timeout, queue_window_s)
+            task_id, outcome = self.conn.market.create_task(
+                run.input_cid or "", price_wei, **terms, validators=validators, resources=resources
             )
         except DecloudError as exc:
             self._fail_before_chain(run, exc)
             raise
         self._opened(
-            run, task_id, outcome, deadline, validators, gas=(outcome.gas_used, outcome.gas_cost_wei)
+            run, task_id, outcome, terms["deadline"], validators, gas=(outcome.gas_used, outcome.gas_cost_wei)
         )
         return run
 
@@ -191,6 +182,17 @@ class Client(Following):
 
     # -- the steps of a submission (shared with batch.submit_many) ---------------
 
+    def _price_wei(self, price: str | int | None, timeout: int) -> int:
+        """The price in wei, once the timeout is known to be sane."""
+        if timeout <= 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, not {timeout}.")
+        return self.default_price_wei if price is None else parse_amount(price)
+
+    def _task_terms(self, timeout: int, queue_window_s: int | None) -> dict[str, int]:
+        """Timeout, lease and deadline of a task opened now: it may wait ``queue_window_s`` for a worker."""
+        deadline = self.conn.market.chain_time() + timeout + (queue_window_s or self.queue_window_s)
+        return {"timeout": int(timeout), "lease": int(timeout) + LEASE_GRACE_S, "deadline": deadline}
+
     def _new_run(self, code: str, price_wei: int, outputs: Sequence[str] | None, *, name: str | None,
                  trust_pickle: bool, timeout: int, validators: int) -> Run:  # fmt: skip
         run = Run(self, uuid.uuid4().hex[:12], name=name, network=self.network, price_wei=price_wei,
@@ -200,8 +202,8 @@ class Client(Following):
             self.runs[run.id] = run
         return run
 
-    def _package(self, run: Run, code: str, inputs: Mapping[str, Any] | None, outputs: Sequence[str] | None, *,
-                 namespace: Mapping[str, Any] | None = None, input_names: Sequence[str] | None = None,
+    def _package(self, run: Run, code: str, inputs: Mapping[str, Any] | None, outputs: Sequence[str] | None,
+                 *, namespace: Mapping[str, Any] | None = None, input_names: Sequence[str] | None = None,
                  max_input_bytes: int | None = None) -> None:  # fmt: skip
         """Build the task package and store it: ``run.input_cid``. Nothing is paid yet."""
         from .analysis import cell_names
@@ -231,8 +233,8 @@ class Client(Following):
         run.gas_used += gas[0]
         run.gas_cost_wei += gas[1]
         self.ledger.update_run(
-            run.id, task_id=task_id, input_cid=run.input_cid, contract=market.address, outputs=list(run.wanted),
-            deadline=datetime.fromtimestamp(deadline, timezone.utc),
+            run.id, task_id=task_id, input_cid=run.input_cid, contract=market.address,
+            outputs=list(run.wanted), deadline=datetime.fromtimestamp(deadline, timezone.utc),
         )  # fmt: skip
         run._emit(
             EventKind.CREATED,

@@ -67,3 +67,16 @@ def private_devnet(home: Path, workers: int, tools: Path = TOOLS, pick_ports: bo
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextlib.contextmanager
+def requester_client(devnet: Devnet) -> Iterator[object]:
+    """A ``Client`` on the devnet with the notebook account's key, as a user's kernel has."""
+    from decloud_magics import Client
+    from decloud_magics.keys import load_key_file
+
+    client = Client("devnet", key=load_key_file(devnet.requester_key_file()))
+    try:
+        yield client
+    finally:
+        client.close()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from devnet_fixture import TOOLS, private_devnet
+from devnet_fixture import TOOLS, private_devnet, requester_client
 
 from decloud_magics.devnet import chain_node
 from decloud_magics.devnet.cli import devnet_status
@@ -38,12 +38,8 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
 
 @pytest.fixture(scope="module")
 def devnet_client(devnet: Devnet) -> Iterator[object]:
-    from decloud_magics import Client
-    from decloud_magics.keys import load_key_file
-
-    client = Client("devnet", key=load_key_file(devnet.requester_key_file()))
-    yield client
-    client.close()
+    with requester_client(devnet) as client:
+        yield client
 
 
 def _state(devnet: Devnet):  # type: ignore[no-untyped-def]

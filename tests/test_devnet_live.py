@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from devnet_fixture import private_devnet
+from devnet_fixture import private_devnet, requester_client
 
 from decloud_magics.channel_ipfs import IpfsPubsubChannel, market_topic
 from decloud_magics.devnet.manager import Devnet
@@ -42,12 +42,8 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
 
 @pytest.fixture(scope="module")
 def client(devnet: Devnet) -> Iterator[object]:
-    from decloud_magics import Client
-    from decloud_magics.keys import load_key_file
-
-    c = Client("devnet", key=load_key_file(devnet.requester_key_file()))
-    yield c
-    c.close()
+    with requester_client(devnet) as client:
+        yield client
 
 
 def test_workers_and_the_client_talk_over_the_devnets_ipfs_pubsub(devnet: Devnet, client) -> None:  # type: ignore[no-untyped-def]

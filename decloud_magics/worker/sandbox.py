@@ -46,6 +46,7 @@ from subprocess import Popen
 
 from ..errors import DecloudError
 from ..package import ResultPackage, decode_result, encode_result
+from ..processes import pid_alive
 from .spares import REFILL_DELAY, Key, Process, SparePool, close_at_exit
 
 __all__ = ["SandboxLimits", "network_isolation_available", "prewarm", "run_in_sandbox", "shutdown_spares"]
@@ -470,22 +471,12 @@ def _sweep_leftovers() -> None:
     for folder, prefix in places:
         for name in os.listdir(folder):
             owner = name[len(prefix) :].split("-")[0] if name.startswith(prefix) else ""
-            if owner.isdigit() and not _alive(int(owner)):
+            if owner.isdigit() and not pid_alive(int(owner)):
                 path = os.path.join(folder, name)
                 if folder == base:
                     _remove_cgroup(path)
                 else:
                     shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def _make_pids_cgroup(max_processes: int) -> str | None:

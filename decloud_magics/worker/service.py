@@ -357,17 +357,15 @@ class Worker:
         and a lost race only cancels the sandbox. A seat of a multi-validator
         task is claimed before anything runs.
         """
-        taken: Future[bool] = Future()
         if self._needs_no_claim(offer):
             self._direct.add(offer.task_id)
             self._seated.add(offer.task_id)
             log.info("worker %s took task %d", self.name, offer.task_id)
-            taken.set_result(True)
-            return taken
-        if offer.validators == 1:
+        elif offer.validators == 1:
             return self._claims.submit(self._claim, offer)  # execute() says "running" once it is mined
-        if not self._claim(offer):
+        elif not self._claim(offer):
             return None
+        taken: Future[bool] = Future()
         taken.set_result(True)
         return taken
 

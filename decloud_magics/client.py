@@ -207,7 +207,7 @@ class Client(Following):
                  max_input_bytes: int | None = None) -> None:  # fmt: skip
         """Build the task package and store it: ``run.input_cid``. Nothing is paid yet."""
         from .analysis import cell_names
-        from .package import build_task_package
+        from .package import task_pieces
 
         scope = {**(namespace or {}), **(inputs or {})}
         names = list(input_names) if input_names is not None else None
@@ -216,11 +216,11 @@ class Client(Following):
         elif inputs and names is not None:
             names += [n for n in inputs if n not in names]
         limits = {} if max_input_bytes is None else {"max_input_bytes": max_input_bytes}
-        task, package = build_task_package(
+        wanted, pieces = task_pieces(
             code, scope, inputs=names, outputs=outputs, trust_pickle=run.trust_pickle, name=run.name, **limits
         )
-        run.wanted = tuple(task.outputs) if task.outputs is not None else cell_names(code).assigns
-        run.input_cid = self.conn.store.put(package)
+        run.wanted = wanted if wanted is not None else cell_names(code).assigns
+        run.input_cid = self.conn.store.put(pieces)  # written piece by piece: the values are copied once
 
     def _opened(self, run: Run, task_id: int, outcome: TxOutcome, deadline: int, validators: int, *,
                 gas: tuple[int, int], hint: bool = True) -> None:  # fmt: skip

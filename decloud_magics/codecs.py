@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .buffers import BytesLike, fresh_buffer
 from .errors import SerializationError, UnsafeValueError
 from .untrusted import loads_json
 
@@ -37,8 +38,7 @@ _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 _ARROW_META_KEY = b"decloud"
 
 
-#: What ``Encoded.data`` may be: a decoded package hands out zero-copy slices of itself.
-BytesLike = bytes | bytearray | memoryview
+#: ``Encoded.data`` is ``BytesLike``: a decoded package hands out zero-copy slices of itself.
 Parts = tuple[BytesLike, ...]
 
 
@@ -322,8 +322,12 @@ def _decode_npy(data: BytesLike, type_name: str) -> Any:
     offset = stream.tell()
     if len(data) - offset != count * dtype.itemsize:
         raise ValueError("the array data does not match its header")
-    # One copy, into a writable array like np.load gives.
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset).copy()
+    # One copy, into memory the array then owns: writable, like np.load gives. A
+    # memcpy does not care where the data sits in the package; numpy's own copy
+    # of a misaligned float64 buffer runs element by element, about 10x slower.
+    raw = fresh_buffer(count * dtype.itemsize)
+    raw[:] = memoryview(data).cast("B")[offset:]
+    flat = np.frombuffer(raw, dtype=dtype, count=count)
     array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
     if array.ndim == 0 and type_name not in ("numpy.ndarray", "numpy.memmap"):
         return array[()]  # it left as a numpy scalar

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .analysis import cell_names
+from .buffers import join
 from .codecs import MB, BytesLike, Encoded, EncodedParts, check_size, decode_value, encode_parts
 from .errors import IntegrityError, SerializationError, UnsafeValueError, UsageError
 from .untrusted import loads_json
@@ -106,27 +107,11 @@ def is_ipython_name(name: str) -> bool:
     )
 
 
-def build_task_package(
-    code: str,
-    namespace: Mapping[str, Any],
-    *,
-    inputs: Sequence[str] | None = None,
-    outputs: Sequence[str] | None = None,
-    trust_pickle: bool = False,
-    name: str | None = None,
-    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
-) -> tuple[TaskPackage, bytes]:
-    """Package a cell and the notebook variables it reads; nothing is sent on error.
-
-    Inputs default to the names the cell reads that the notebook defines;
-    ``inputs`` (the user's ``--in``) replaces that choice. Inputs may be
-    pickled: they are the requester's own data and are unpickled only inside
-    the worker's sandbox.
-
-    >>> pkg, data = build_task_package("y = x * 2", {"x": 21})
-    >>> list(pkg.inputs), data[:5]
-    (['x'], b'DCLD\\x02')
-    """
+def _encode_task(
+    code: str, namespace: Mapping[str, Any], inputs: Sequence[str] | None, outputs: Sequence[str] | None,
+    trust_pickle: bool, name: str | None, max_input_bytes: int,
+) -> tuple[TaskPackage, dict[str, EncodedParts]]:  # fmt: skip
+    """The task's manifest fields and its inputs encoded, checked against the size limit."""
     names = cell_names(code)  # raises UsageError for syntax errors and IPython-only lines
     if inputs is None:
         chosen = [n for n in (*names.reads, *names.builtins) if n in namespace and not is_ipython_name(n)]
@@ -157,10 +142,52 @@ def build_task_package(
             "leave some out with --in, raise DecloudMagics.max_input_mb or pass smaller values."
         )
     pkg = TaskPackage(code, {}, outputs, bool(trust_pickle), name=name)
+    return pkg, encoded
+
+
+def build_task_package(
+    code: str,
+    namespace: Mapping[str, Any],
+    *,
+    inputs: Sequence[str] | None = None,
+    outputs: Sequence[str] | None = None,
+    trust_pickle: bool = False,
+    name: str | None = None,
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+) -> tuple[TaskPackage, bytes | memoryview]:
+    """Package a cell and the notebook variables it reads; nothing is sent on error.
+
+    Inputs default to the names the cell reads that the notebook defines;
+    ``inputs`` (the user's ``--in``) replaces that choice. Inputs may be
+    pickled: they are the requester's own data and are unpickled only inside
+    the worker's sandbox.
+
+    >>> pkg, data = build_task_package("y = x * 2", {"x": 21})
+    >>> list(pkg.inputs), data[:5]
+    (['x'], b'DCLD\\x02')
+    """
+    pkg, encoded = _encode_task(code, namespace, inputs, outputs, trust_pickle, name, max_input_bytes)
     data, views = _pack(_task_manifest(pkg), [(_input_entry(n, e), e.parts) for n, e in encoded.items()])
     # The inputs are read back as views of the package: its one copy of each value serves both.
     pkg.inputs = {n: Encoded(e.codec, view, e.type_name) for (n, e), view in zip(encoded.items(), views)}
     return pkg, data
+
+
+def task_pieces(
+    code: str, namespace: Mapping[str, Any], **options: Any
+) -> tuple[tuple[str, ...] | None, list[BytesLike]]:
+    """The package ``build_task_package`` makes (same options), as pieces end to end; and its outputs.
+
+    ``Store.put`` takes the pieces as they are, so a notebook's large value is
+    copied once, into the store, and never into a package buffer first.
+    """
+    defaults = {"inputs": None, "outputs": None, "trust_pickle": False, "name": None,
+                "max_input_bytes": DEFAULT_MAX_INPUT_BYTES}  # fmt: skip
+    pkg, encoded = _encode_task(code, namespace, **{**defaults, **options})
+    pieces, _start, _entries = _layout(
+        _task_manifest(pkg), [(_input_entry(n, e), e.parts) for n, e in encoded.items()]
+    )
+    return pkg.outputs, pieces
 
 
 def _check_identifiers(flag: str, names: Sequence[str]) -> None:
@@ -169,7 +196,7 @@ def _check_identifiers(flag: str, names: Sequence[str]) -> None:
             raise UsageError(f"{flag} names '{var}', which is not a Python variable name.")
 
 
-def encode_task(pkg: TaskPackage) -> bytes:
+def encode_task(pkg: TaskPackage) -> bytes | memoryview:
     """The task as deterministic bytes, ready for the content store."""
     blobs = [(_input_entry(n, e), (e.data,)) for n, e in pkg.inputs.items()]
     return _pack(_task_manifest(pkg), blobs)[0]
@@ -190,7 +217,7 @@ def _input_entry(name: str, enc: Encoded | EncodedParts) -> dict[str, Any]:
     return {"role": "input", "name": name, "codec": enc.codec, "type_name": enc.type_name}
 
 
-def decode_task(data: bytes, *, verify: bool = True) -> TaskPackage:
+def decode_task(data: BytesLike, *, verify: bool = True) -> TaskPackage:
     """Parse task bytes; raises ``IntegrityError``/``SerializationError``, never unpickles.
 
     Values are read-only views of ``data``, not copies. ``verify`` only
@@ -216,7 +243,7 @@ def decode_task(data: bytes, *, verify: bool = True) -> TaskPackage:
     )
 
 
-def encode_result(res: ResultPackage) -> bytes:
+def encode_result(res: ResultPackage) -> bytes | memoryview:
     """The result as bytes: a deterministic body, then the timings trailer."""
     error = (
         None
@@ -247,7 +274,7 @@ def encode_result(res: ResultPackage) -> bytes:
     return _pack(manifest, blobs, trailer)[0]
 
 
-def decode_result(data: bytes, *, verify: bool = True) -> ResultPackage:
+def decode_result(data: BytesLike, *, verify: bool = True) -> ResultPackage:
     """Parse result bytes from a worker; raises ``IntegrityError``/``SerializationError`` only.
 
     ``verify`` only matters for format 1 packages, whose per-blob sha256 it
@@ -292,7 +319,7 @@ def decode_result(data: bytes, *, verify: bool = True) -> ResultPackage:
     return res
 
 
-def result_digest(data: bytes) -> bytes:
+def result_digest(data: BytesLike) -> bytes:
     """sha256 of a result's deterministic body (manifest and blobs, not the timings trailer).
 
     Honest workers running the same deterministic cell produce equal digests;
@@ -334,27 +361,40 @@ def decode_values(
 # -- the container -----------------------------------------------------------
 
 
-def _pack(
+def _layout(
     manifest: dict[str, Any],
     blobs: Sequence[tuple[dict[str, Any], Sequence[BytesLike]]],
     trailer: dict[str, Any] | None = None,
-) -> tuple[bytes, list[memoryview]]:
-    """The package bytes, and a read-only view of each blob inside them."""
+) -> tuple[list[BytesLike], int, list[dict[str, Any]]]:
+    """The package as pieces end to end, where its first blob starts, and the blobs' entries."""
     entries, offset = [], 0
     for entry, pieces in blobs:
         size = sum(memoryview(p).nbytes for p in pieces)
         entries.append({**entry, "offset": offset, "length": size})
         offset += size
     head = _json_bytes({**manifest, "format": FORMAT_VERSION, "blobs": entries})
-    parts: list[Any] = [MAGIC, bytes([FORMAT_VERSION]), len(head).to_bytes(4, "big"), head]
+    parts: list[BytesLike] = [MAGIC, bytes([FORMAT_VERSION]), len(head).to_bytes(4, "big"), head]
     for _entry, pieces in blobs:
         parts += pieces
     if trailer is not None:
         tail = _json_bytes(trailer)
         parts += [len(tail).to_bytes(4, "big"), tail]
-    data = b"".join(parts)  # the one copy of every blob, straight from the value's memory
+    return parts, _PREFIX + len(head), entries
+
+
+def _pack(
+    manifest: dict[str, Any],
+    blobs: Sequence[tuple[dict[str, Any], Sequence[BytesLike]]],
+    trailer: dict[str, Any] | None = None,
+) -> tuple[bytes | memoryview, list[memoryview]]:
+    """The package in one buffer, and a read-only view of each blob inside it.
+
+    A large package is a read-only view of a fresh mapping rather than
+    ``bytes`` (see ``buffers``): every consumer takes any bytes-like object.
+    """
+    parts, start, entries = _layout(manifest, blobs, trailer)
+    data = join(parts)  # the one copy of every blob, straight from the value's memory
     view = memoryview(data)
-    start = _PREFIX + len(head)
     return data, [view[start + e["offset"] : start + e["offset"] + e["length"]] for e in entries]
 
 
@@ -363,7 +403,7 @@ def _json_bytes(obj: Any) -> bytes:
 
 
 def _unpack(
-    data: bytes, kind: str, verify: bool = True
+    data: BytesLike, kind: str, verify: bool = True
 ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], memoryview]], dict[str, Any] | None, int]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(f"A {kind} package must be bytes, not {type(data).__name__}.")

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from decloud_magics.buffers import LARGE
 from decloud_magics.errors import ContentNotFound, IntegrityError, NetworkUnreachable, StoreError
 from decloud_magics.store import (
     KuboStore,
@@ -89,10 +94,28 @@ def test_leaves_hash_the_same_on_any_number_of_threads(monkeypatch: pytest.Monke
     alone = [hashlib.sha256(data[i : i + CHUNK_SIZE]).digest() for i in range(0, len(data), CHUNK_SIZE)]
     for cores in (1, 2, 3, 64):
         monkeypatch.setattr(unixfs, "_cores", lambda cores=cores: cores)
-        assert unixfs.leaf_digests(memoryview(data)) == alone
+        assert unixfs.leaf_digests(unixfs.chunked([memoryview(data)])) == alone
         assert file_root(data).to_v1() == cid_for(data)
     with pytest.raises(ValueError):
         file_root(data, max_links=1)  # a level of one-link nodes would never reach a root
+
+
+@pytest.mark.parametrize("size", [100, CHUNK_SIZE, 3 * CHUNK_SIZE + 5, 5 * 1024 * 1024 + 3])
+def test_a_payload_in_pieces_has_the_cid_of_its_bytes_end_to_end(size: int) -> None:
+    data = pattern(size)
+    rng = random.Random(size)
+    cuts = sorted(
+        {0, size, *(rng.randrange(size) for _ in range(7)), CHUNK_SIZE % size, (2 * CHUNK_SIZE - 1) % size}
+    )
+    pieces = [data[a:b] for a, b in itertools.pairwise(cuts)] + [b""]
+    assert file_root(pieces) == file_root(data)
+    assert b"".join(bytes(c) for c in unixfs.chunked([memoryview(p) for p in pieces])) == data
+    store_root = Path(tempfile.mkdtemp())
+    try:
+        assert LocalStore(store_root).put(pieces) == cid_for(data)
+        assert LocalStore(store_root).get(cid_for(data)) == data
+    finally:
+        shutil.rmtree(store_root)
 
 
 def test_parse_cid_v0_and_other_encodings() -> None:
@@ -218,7 +241,7 @@ def test_local_missing_block(store: LocalStore) -> None:
         store.get("../../etc/passwd")
 
 
-@pytest.mark.parametrize("size", [100_000, 3 * 1024 * 1024])
+@pytest.mark.parametrize("size", [100_000, 3 * 1024 * 1024, LARGE + 1])
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_local_corrupted_block_is_refused_then_repaired(store: LocalStore, damage: str, size: int) -> None:
     data = os.urandom(size)
@@ -278,6 +301,18 @@ def test_local_large_roundtrip(store: LocalStore) -> None:
     assert cid == cid_for(data) and cid.startswith("bafybei")
     assert store.get(cid) == data
     assert store.path_for(cid).read_bytes() == data  # one file holds the whole payload
+
+
+def test_local_large_get_is_a_read_only_mapping_that_outlives_the_file(store: LocalStore) -> None:
+    data = os.urandom(LARGE + 1)
+    cid = store.put(data)
+    got = store.get(cid)
+    assert isinstance(got, memoryview) and got.readonly
+    store.path_for(cid).unlink()
+    assert store.put(data) == cid  # another writer puts it again: a new file renamed into place
+    assert got == data
+    with pytest.raises(TypeError):
+        got[0] = 0
 
 
 @pytest.mark.parametrize("size", list(KNOWN_TREES))

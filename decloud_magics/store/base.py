@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import IntegrityError, StoreError
 from .cid import DAG_PB, IDENTITY, RAW, SHA2_256, SHA2_512, parse_cid
-from .unixfs import file_root
+from .unixfs import Pieces, file_root
 
 _HASHERS = {SHA2_256: "sha256", SHA2_512: "sha512"}
 
@@ -21,12 +21,19 @@ _HASHERS = {SHA2_256: "sha256", SHA2_512: "sha512"}
 class Store(Protocol):
     """Content-addressed bytes: what the client and workers need from storage."""
 
-    def put(self, data: bytes) -> str:
-        """Keep ``data`` and return its CID; putting the same bytes twice is harmless."""
+    def put(self, data: Pieces) -> str:
+        """Keep ``data`` and return its CID; putting the same bytes twice is harmless.
+
+        ``data`` is bytes-like, or a sequence of bytes-like pieces stored as
+        their concatenation (a package as it is built, so it is never joined).
+        """
         ...
 
-    def get(self, cid: str) -> bytes:
-        """Return the bytes for ``cid``, checked against it (IntegrityError if they differ)."""
+    def get(self, cid: str) -> bytes | memoryview:
+        """Return the bytes for ``cid``, checked against it (IntegrityError if they differ).
+
+        Bytes-like: a large payload may come back as a read-only ``memoryview``.
+        """
         ...
 
     def has(self, cid: str) -> bool:

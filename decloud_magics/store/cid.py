@@ -15,8 +15,12 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import StoreError
+
+if TYPE_CHECKING:
+    from .unixfs import Pieces
 
 # Multicodec and multihash codes (https://github.com/multiformats/multicodec).
 RAW = 0x55
@@ -55,8 +59,10 @@ class ParsedCid:
         return "b" + _b32(_varint(1) + _varint(self.codec) + self.multihash())
 
 
-def cid_for(data: bytes | bytearray | memoryview) -> str:
+def cid_for(data: Pieces) -> str:
     """The CIDv1 ``ipfs add --cid-version=1 --raw-leaves`` gives ``data`` (base32).
+
+    ``data`` is bytes-like, or bytes-like pieces that make the content end to end.
 
     Raw sha2-256 for up to one chunk, else the root of the UnixFS tree.
     """

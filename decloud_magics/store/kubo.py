@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ContentNotFound, IntegrityError, NetworkUnreachable, StoreError
 from .base import verify
 from .cid import cid_for, parse_cid
-from .unixfs import CHUNK_SIZE
+from .unixfs import CHUNK_SIZE, Pieces, as_views
 
 if TYPE_CHECKING:
     import requests
@@ -84,9 +84,10 @@ class KuboStore:
 
     # -- the Store protocol ----------------------------------------------------
 
-    def put(self, data: bytes | bytearray | memoryview) -> str:
+    def put(self, data: Pieces) -> str:
         """Add and pin ``data`` on the node; return its CID, checked against ``cid_for(data)``."""
-        size = memoryview(data).nbytes
+        views = as_views(data)
+        size = sum(v.nbytes for v in views)
         boundary = uuid.uuid4().hex
         head = (
             f"--{boundary}\r\n"
@@ -97,7 +98,7 @@ class KuboStore:
         tail = f"\r\n--{boundary}--\r\n".encode()
         # One joined body (a single memcpy) beats streaming pieces through
         # http.client, which would send a generator in small chunked writes.
-        body = b"".join((head, data, tail))
+        body = b"".join((head, *views, tail))
         resp = self._call(
             "add",
             _ADD_PARAMS,
@@ -110,7 +111,7 @@ class KuboStore:
         # js-ipfs writes CIDv1 in base58btc ("zb2r..."), Kubo in base32: one spelling
         # everywhere keeps CIDs comparable as strings across stores and the chain.
         cid = parsed.to_v1() if parsed.version == 1 else answer
-        expected = cid_for(data)
+        expected = cid_for(views)
         if cid != expected:
             raise IntegrityError(
                 f"The IPFS node at {self.api_url} named {size} bytes {cid}, but their content address is "

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
 import tempfile
 from pathlib import Path
 
+from ..buffers import LARGE
 from ..errors import ContentNotFound, IntegrityError, StoreError
 from .cid import DAG_PB, RAW, SHA2_256, ParsedCid, parse_cid
-from .unixfs import file_root
+from .unixfs import Pieces, as_views, file_root
 
 _TMP_PREFIX = ".tmp-"
 
@@ -56,13 +58,18 @@ class LocalStore:
         name = self._name(cid)
         return self.root / name[-3:-1] / name
 
-    def put(self, data: bytes | bytearray | memoryview) -> str:
-        """Store ``data`` (hashed once, written once) and return its CID."""
-        view = memoryview(data).cast("B")
-        cid = file_root(view).to_v1()
+    def put(self, data: Pieces) -> str:
+        """Store ``data`` (hashed once, written once) and return its CID.
+
+        ``data`` may be a sequence of pieces: they are hashed and written in
+        place, never joined into one buffer first.
+        """
+        views = as_views(data)
+        size = sum(v.nbytes for v in views)
+        cid = file_root(views).to_v1()
         path = self.root / cid[-3:-1] / cid
         try:
-            if os.stat(path).st_size == view.nbytes:
+            if os.stat(path).st_size == size:
                 return cid  # already here: same name means same bytes
         except FileNotFoundError:
             pass
@@ -72,7 +79,8 @@ class LocalStore:
             fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=shard)
             try:
                 with open(fd, "wb", buffering=0) as f:
-                    _write_all(f, view)
+                    for view in views:
+                        _write_all(f, view)
                 # Atomic on POSIX: concurrent writers of one CID all rename whole,
                 # identical files over each other, and the last one wins harmlessly.
                 os.replace(tmp, path)
@@ -81,18 +89,23 @@ class LocalStore:
                 raise
         except OSError as exc:
             raise StoreError(
-                f"Could not write a {view.nbytes}-byte block to {shard} ({exc.strerror}): "
+                f"Could not write a {size}-byte block to {shard} ({exc.strerror}): "
                 "free some disk space or set DECLOUD_HOME to another folder."
             ) from None
         return cid
 
-    def get(self, cid: str) -> bytes:
-        """The bytes for ``cid``; IntegrityError if the file on disk no longer matches it."""
+    def get(self, cid: str) -> bytes | memoryview:
+        """The bytes for ``cid``; IntegrityError if the file on disk no longer matches it.
+
+        A large payload comes back as a read-only ``memoryview`` of the file
+        mapped into memory: nothing is copied before the bytes are checked.
+        """
         path = self.path_for(cid)
         try:
             with open(path, "rb", buffering=0) as f:
-                data = f.read()  # one read sized by fstat: no intermediate copies
-                inode = os.fstat(f.fileno()).st_ino
+                stat = os.fstat(f.fileno())
+                data = _read_all(f, stat.st_size)
+                inode = stat.st_ino
         except FileNotFoundError:
             raise ContentNotFound(
                 f"The local store has no block {cid}: put the content first, or use the network that stored it."
@@ -147,7 +160,7 @@ class LocalStore:
             return None
 
 
-def _matches(p: ParsedCid, data: bytes) -> bool:
+def _matches(p: ParsedCid, data: bytes | memoryview) -> bool:
     """Whether ``data`` is what ``p`` names.
 
     A raw name is one block's sha256 whatever its size (blocks stored before
@@ -157,6 +170,22 @@ def _matches(p: ParsedCid, data: bytes) -> bool:
     if p.codec == RAW:
         return hashlib.sha256(data).digest() == p.digest
     return file_root(data) == ParsedCid(1, p.codec, p.hash_code, p.digest)
+
+
+def _read_all(f: io.FileIO, size: int) -> bytes | memoryview:
+    """The whole file: read when small, mapped read-only when large (``size`` from fstat).
+
+    Mapping spares a copy of every byte: the hash check and the decoder read
+    the page cache in place. It is safe because a block file is never changed
+    in place: writers rename whole new files over it, and a mapping keeps the
+    bytes of the file it was made from, even after a rename or an unlink.
+    """
+    if size < LARGE:
+        return f.read()  # one read sized by fstat: no intermediate copies
+    try:
+        return memoryview(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ))
+    except (OSError, ValueError):  # a file system that cannot map files, or a file that shrank
+        return f.read()
 
 
 def _write_all(f: io.FileIO, view: memoryview) -> None:

@@ -22,7 +22,11 @@ import os
 import threading
 from collections.abc import Sequence
 
+from ..buffers import BytesLike
 from .cid import DAG_PB, RAW, SHA2_256, ParsedCid, _varint
+
+#: A payload: bytes-like, or bytes-like pieces that make it end to end.
+Pieces = BytesLike | Sequence[BytesLike]
 
 #: Bytes per leaf: the default chunker of ``ipfs add`` (``size-262144``).
 CHUNK_SIZE = 262_144
@@ -37,25 +41,27 @@ _DAG_PB_PREFIX = bytes((1, DAG_PB, SHA2_256, 32))
 _FILE_TYPE = b"\x08\x02"  # UnixFS Data.Type = File
 
 
-def file_root(
-    data: bytes | bytearray | memoryview, *, chunk_size: int = CHUNK_SIZE, max_links: int = MAX_LINKS
-) -> ParsedCid:
+def file_root(data: Pieces, *, chunk_size: int = CHUNK_SIZE, max_links: int = MAX_LINKS) -> ParsedCid:
     """The root of the UnixFS file an IPFS node builds from ``data`` (raw for one chunk).
 
+    ``data`` is bytes-like, or a sequence of bytes-like pieces that make the
+    file end to end (a package as it is built, never joined in memory).
     ``chunk_size`` and ``max_links`` are the node's ``size-N`` chunker and
     links per node; other values than the defaults name other trees.
     """
     if chunk_size < 1 or max_links < 2:
         raise ValueError("a tree needs chunks of at least one byte and at least two links per node")
-    view = memoryview(data).cast("B")
-    if view.nbytes <= chunk_size:
-        return ParsedCid(1, RAW, SHA2_256, hashlib.sha256(view).digest())
-    full, rest = divmod(view.nbytes, chunk_size)
-    sizes = [chunk_size] * full + ([rest] if rest else [])
+    views = as_views(data)
+    if sum(v.nbytes for v in views) <= chunk_size:
+        digest = hashlib.sha256()
+        for view in views:
+            digest.update(view)
+        return ParsedCid(1, RAW, SHA2_256, digest.digest())
+    leaves = chunked(views, chunk_size)
     # (binary CID, file bytes below it, Tsize: every block's bytes below it)
     level = [
-        (_RAW_PREFIX + digest, size, size)
-        for digest, size in zip(leaf_digests(view, chunk_size), sizes, strict=True)
+        (_RAW_PREFIX + digest, len(leaf), len(leaf))
+        for digest, leaf in zip(leaf_digests(leaves), leaves, strict=True)
     ]
     while True:
         parents = [_parent(level[i : i + max_links]) for i in range(0, len(level), max_links)]
@@ -64,20 +70,51 @@ def file_root(
         level = parents
 
 
-def leaf_digests(view: memoryview, chunk_size: int = CHUNK_SIZE) -> list[bytes]:
-    """sha256 of every ``chunk_size`` slice of ``view``, on as many threads as there are cores."""
-    n = view.nbytes
-    starts = range(0, n, chunk_size)
-    workers = min(_cores(), len(starts)) if n >= _PARALLEL_MIN else 1
+def as_views(data: Pieces) -> list[memoryview]:
+    """``data`` as flat byte views: one for a bytes-like object, one per piece of a sequence."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return [memoryview(data).cast("B")]
+    return [memoryview(piece).cast("B") for piece in data]
+
+
+def chunked(views: Sequence[memoryview], chunk_size: int = CHUNK_SIZE) -> list[memoryview]:
+    """The ``chunk_size`` chunks of the views end to end, as the node's chunker cuts them.
+
+    A chunk inside one piece is a slice of it; only a chunk that straddles
+    pieces is copied, so a package's large value is never copied to be hashed.
+    """
+    out: list[memoryview] = []
+    pending = bytearray()  # the start of a chunk that began in an earlier piece
+    for view in views:
+        at = 0
+        if pending:
+            at = min(chunk_size - len(pending), view.nbytes)
+            pending += view[:at]
+            if len(pending) < chunk_size:
+                continue
+            out.append(memoryview(bytes(pending)))
+            pending = bytearray()
+        full_end = at + (view.nbytes - at) // chunk_size * chunk_size
+        out += [view[s : s + chunk_size] for s in range(at, full_end, chunk_size)]
+        pending += view[full_end:]
+    if pending:
+        out.append(memoryview(bytes(pending)))
+    return out
+
+
+def leaf_digests(leaves: Sequence[BytesLike]) -> list[bytes]:
+    """sha256 of every leaf, on as many threads as there are cores."""
+    total = sum(memoryview(leaf).nbytes for leaf in leaves)
+    workers = min(_cores(), len(leaves)) if total >= _PARALLEL_MIN else 1
     if workers == 1:
-        return _digests(view, starts, chunk_size)
+        return _digests(leaves)
     # Contiguous shares, one per core: each thread walks its own part of memory.
-    bounds = [len(starts) * k // workers for k in range(workers + 1)]
-    shares = [starts[bounds[k] : bounds[k + 1]] for k in range(workers)]
+    bounds = [len(leaves) * k // workers for k in range(workers + 1)]
+    shares = [leaves[bounds[k] : bounds[k + 1]] for k in range(workers)]
     results: list[list[bytes] | None] = [None] * workers
 
     def run(k: int) -> None:
-        results[k] = _digests(view, shares[k], chunk_size)
+        results[k] = _digests(shares[k])
 
     threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(1, workers)]
     for t in threads:
@@ -95,9 +132,9 @@ def leaf_digests(view: memoryview, chunk_size: int = CHUNK_SIZE) -> list[bytes]:
     return digests
 
 
-def _digests(view: memoryview, starts: Sequence[int], chunk_size: int) -> list[bytes]:
+def _digests(leaves: Sequence[BytesLike]) -> list[bytes]:
     sha256 = hashlib.sha256
-    return [sha256(view[s : s + chunk_size]).digest() for s in starts]
+    return [sha256(leaf).digest() for leaf in leaves]
 
 
 def _parent(children: list[tuple[bytes, int, int]]) -> tuple[bytes, int, int]:

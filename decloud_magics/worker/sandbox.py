@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from subprocess import Popen
 
+from ..buffers import BytesLike
 from ..errors import DecloudError
 from ..package import ResultPackage, decode_result, encode_result
 from ..processes import pid_alive
@@ -90,7 +91,7 @@ class SandboxLimits:
 
 
 def run_in_sandbox(
-    task_bytes: bytes,
+    task_bytes: BytesLike,
     *,
     timeout: float,
     limits: SandboxLimits | None = None,
@@ -98,7 +99,7 @@ def run_in_sandbox(
     python: str = sys.executable,
     cancel: threading.Event | None = None,
     queued: bool = False,
-) -> bytes:
+) -> bytes | memoryview:
     """Run a task package in a sandbox process; return the encoded result package.
 
     ``on_stdout`` gets each stdout line as it arrives (live progress), called
@@ -369,7 +370,9 @@ def _has_exited(pid: int) -> bool:
         return True
 
 
-def _assemble(run: _Run, limits: SandboxLimits, timeout: float, isolated: bool, cgroup: bool) -> bytes:
+def _assemble(
+    run: _Run, limits: SandboxLimits, timeout: float, isolated: bool, cgroup: bool
+) -> bytes | memoryview:
     res, readable = ResultPackage(), False
     if run.result and not run.result_overflow:
         try:

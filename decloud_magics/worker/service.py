@@ -389,7 +389,7 @@ class Worker:
 
     def execute(
         self, offer: TaskOffer, cancel: threading.Event | None = None, confirm: Future[bool] | None = None
-    ) -> bytes:
+    ) -> bytes | memoryview:
         """Fetch the package (verified by its CID) and run it in a fresh sandbox process.
 
         ``confirm`` is the claim still being mined: if it is lost, ``cancel`` stops the sandbox.
@@ -416,7 +416,7 @@ class Worker:
         return run_in_sandbox(package, timeout=float(offer.timeout), limits=limits, on_stdout=say.line,
                               cancel=cancel, queued=queued)  # fmt: skip
 
-    def on_complete(self, offer: TaskOffer, result: bytes) -> None:
+    def on_complete(self, offer: TaskOffer, result: bytes | memoryview) -> None:
         """Store the result and queue its settlement: a result the sandbox cut short refunds the requester."""
         from ..package import decode_result, result_digest
 

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from subprocess import Popen
 
+from ..buffers import BytesLike
+
 log = logging.getLogger(__name__)
 
 # A spare waiting longer than this is replaced: the package on disk may have
@@ -64,7 +66,7 @@ class Process:
         except ChildProcessError:
             return False
 
-    def hand_over(self, task_bytes: bytes, config: dict[str, object]) -> bool:
+    def hand_over(self, task_bytes: BytesLike, config: dict[str, object]) -> bool:
         """Put the task in the scratch dir and send the config; False if the process is already gone.
 
         The child sets its limits and joins the cgroup from this config before

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .channel import Listener
+from .sessions import node_session
 from .store.kubo import _http_url
 from .untrusted import loads_json
 
@@ -258,9 +259,7 @@ class IpfsPubsubChannel:
                 self._publisher.start()
 
     def _publish_loop(self) -> None:
-        import requests
-
-        session = requests.Session()
+        session = node_session(self.api_url)
         backoff, retry_at = self.min_backoff, 0.0
         while not self._closed.is_set():
             try:
@@ -320,9 +319,7 @@ class IpfsPubsubChannel:
     # -- subscribing -------------------------------------------------------------------
 
     def _read_loop(self, reader: _Reader) -> None:
-        import requests
-
-        session = requests.Session()
+        session = node_session(self.api_url)
         backoff = self.min_backoff
         try:
             while not reader.stop.is_set():

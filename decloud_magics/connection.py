@@ -102,6 +102,7 @@ def connect_rpc(config: NetworkConfig, key: PrivateKey | None, wake: threading.E
     from web3 import HTTPProvider, Web3
 
     from .channel_ipfs import IpfsPubsubChannel, market_topic, pubsub_available
+    from .sessions import node_session
     from .store.kubo import KuboStore
 
     if not (config.rpc_url and config.contract and config.ipfs_api):
@@ -113,7 +114,10 @@ def connect_rpc(config: NetworkConfig, key: PrivateKey | None, wake: threading.E
         )
     from eth_account import Account
 
-    w3 = Web3(HTTPProvider(config.rpc_url, request_kwargs={"timeout": 30}))
+    # One explicit session serves every thread (web3 would make one per thread): Market
+    # calls go through its lock, and a node session skips requests' environment reads.
+    session = node_session(config.rpc_url)
+    w3 = Web3(HTTPProvider(config.rpc_url, request_kwargs={"timeout": 30}, session=session))
     account = Account.from_key(key.reveal()).address
     market = Market(w3, config.contract, account, key=key)
     store = KuboStore(config.ipfs_api)

@@ -81,3 +81,37 @@ def test_every_error_the_contract_can_raise_has_a_sentence():
     errors = {item["name"] for item in load_artifact()["abi"] if item.get("type") == "error"}
     assert errors - set(ERROR_SENTENCES) == set()
     assert all(s[0].islower() and not s.endswith(".") for s in ERROR_SENTENCES.values())  # they end a sentence
+
+
+def test_logs_decode_as_web3_decodes_them(chain):
+    """The market's own log decoder against web3's process_log, on every kind of log the contract writes."""
+    requester, first, second = chain.market(0), chain.market(1), chain.market(2)
+    start = chain.w3.eth.block_number + 1
+    deadline = requester.chain_time() + 600
+    done, _ = requester.create_task(CID, 10**15, timeout=30, lease=45, deadline=deadline)
+    first.claim(done)
+    first.submit_result(done, b"\x01" * 32, CID)
+    cancelled, _ = requester.create_task(CID, 10**15, timeout=30, lease=45, deadline=deadline)
+    requester.cancel(cancelled)
+    released, _ = requester.create_task(CID, 10**15, timeout=30, lease=45, deadline=deadline)
+    first.claim(released)
+    first.release(released)
+    first.report_failure(released, b"\x03" * 32, CID)
+    disputed, _ = requester.create_task(CID, 2 * 10**15, timeout=30, lease=45, deadline=deadline, validators=2)
+    for market, digest in ((first, b"\x04" * 32), (second, b"\x05" * 32)):
+        market.claim(disputed)
+        market.submit_result(disputed, digest, CID, validators=2)
+    logs = chain.w3.eth.get_logs({"address": requester.address, "fromBlock": start})
+    decoded = requester.decode_logs(list(logs))
+    names = {event.name for event in decoded}
+    assert {"TaskCreated", "TaskClaimed", "ResultSubmitted", "TaskCompleted", "TaskCancelled", "TaskReleased",
+            "TaskFailed", "TaskDisputed"} <= names  # fmt: skip
+    for log, event in zip(logs, decoded, strict=True):
+        expected = dict(requester.contract.events[event.name]().process_log(log)["args"])
+        args = dict(event.args)
+        if event.name == "TaskCreated":  # the packed terms come unpacked
+            assert args["deadline"] == deadline and args["validators"] in (1, 2)
+            expected.pop("terms")
+            args = {k: v for k, v in args.items() if k in expected}
+        assert args == expected
+        assert [type(v) for v in args.values()] == [type(v) for v in expected.values()]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import ChainError, InsufficientFunds, NetworkUnreachable
 from ..models import Resources
-from .abi import ERROR_SENTENCES, error_selectors, event_topics, revert_selector, unpack_terms
+from .abi import ERROR_SENTENCES, LogDecoder, error_selectors, revert_selector, unpack_terms
 from .artifact import load_artifact
 
 if TYPE_CHECKING:  # web3 costs ~1 s to import: only the type checker pays it here
@@ -140,8 +140,9 @@ class Market:
         # A node's answers that change slowly, kept for a few seconds: (monotonic time read, value[, epoch])
         self._clock: tuple[float, int, int] | None = None
         self._fees: tuple[float, dict[str, int]] | None = None
+        self._chain_id: int | None = None  # asked once: web3 would ask before every signed transaction
         self._price: tuple[float, int] | None = None
-        self._topics = event_topics(w3, artifact["abi"])
+        self._logs = LogDecoder(w3, artifact["abi"])
         self._errors = error_selectors(w3, artifact["abi"])
 
     # -- transactions -------------------------------------------------------
@@ -296,14 +297,10 @@ class Market:
     def decode_logs(self, logs: list[Any]) -> list[MarketEvent]:
         events = []
         for log in logs:
-            topics = log["topics"]
-            if not topics:
+            decoded = self._logs.decode(log["topics"], log["data"])
+            if decoded is None:
                 continue
-            name = self._topics.get(bytes(topics[0]))
-            if name is None:
-                continue
-            decoded = self.contract.events[name]().process_log(log)
-            args = dict(decoded["args"])
+            name, args = decoded
             if name == "TaskCreated":
                 args.update(unpack_terms(int(args.pop("terms"))))
             events.append(
@@ -371,7 +368,9 @@ class Market:
                         self._nonce = self._fees = None
                         tx_hash = self._send_signed(fn, value, gas)
             except Exception as exc:
-                self._nonce = None  # a refused transaction may leave our count wrong: re-read it
+                # a refused transaction may leave our count wrong: re-read it (and the chain id, should
+                # the node have been replaced by another chain's)
+                self._nonce = self._chain_id = None
                 raise self._explain(exc, fn, value) from None
         if self._key is not None:
             # A node mines on its own time: wait without the lock, so this account's
@@ -407,7 +406,10 @@ class Market:
     def _send_signed(self, fn: Any, value: int, gas: int | None = None) -> Any:
         if self._nonce is None:
             self._nonce = int(self.w3.eth.get_transaction_count(self.account, "pending"))
-        options = {"from": self.account, "value": value, "nonce": self._nonce, **self._fee_fields()}
+        if self._chain_id is None:
+            self._chain_id = int(self.w3.eth.chain_id)
+        options = {"from": self.account, "value": value, "nonce": self._nonce, "chainId": self._chain_id,
+                   **self._fee_fields()}  # fmt: skip
         if gas is not None:
             options["gas"] = gas
         tx = fn.build_transaction(options)

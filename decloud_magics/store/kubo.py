@@ -26,6 +26,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ContentNotFound, IntegrityError, NetworkUnreachable, StoreError
+from ..sessions import node_session
 from .base import verify
 from .cid import cid_for, parse_cid
 from .unixfs import CHUNK_SIZE, Pieces, as_views
@@ -219,10 +220,7 @@ class KuboStore:
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            import requests
-
-            session = requests.Session()
-            session.headers["User-Agent"] = "decloud-store"
+            session = node_session(self.api_url, user_agent="decloud-store")
             self._local.session = session
             with self._lock:
                 self._sessions.append(session)

@@ -48,6 +48,7 @@ from ..buffers import BytesLike
 from ..errors import DecloudError
 from ..package import ResultPackage, decode_result, encode_result
 from ..processes import pid_alive
+from .bytecode import compile_package
 from .spares import REFILL_DELAY, Key, Process, SparePool, close_at_exit
 
 __all__ = ["SandboxLimits", "network_isolation_available", "prewarm", "run_in_sandbox", "shutdown_spares"]
@@ -167,6 +168,7 @@ def _start(key: Key, threads: int) -> Process:
     """Start a sandbox process up to the point where it waits for its config on stdin."""
     python, network = key
     isolated = _unshare_works(python, network)
+    compile_package(_PACKAGE_DIR, python)  # once per worker: no sandbox compiles the runtime again
     scratch = tempfile.mkdtemp(prefix=f"decloud-task-{os.getpid()}-")
     # Not -I: it implies -E, which would drop PYTHONHASHSEED, and equal hashing
     # is what makes honest workers print sets identically. The environment is

@@ -56,6 +56,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     if args.key_file is not None:
         key = load_key_file(args.key_file)
+        from .landlock import hide_from_tasks
+
+        hide_from_tasks(str(args.key_file))  # wherever it is, no task may read it
     elif os.environ.get("DECLOUD_WORKER_KEY"):
         key = PrivateKey(os.environ["DECLOUD_WORKER_KEY"], "the DECLOUD_WORKER_KEY variable")
     else:

@@ -36,6 +36,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _RESOURCE_NAMES = ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_CORE")
 _MAIN_PID = 0  # the runtime's own pid; a process the cell forked has another one
+_CONFINEMENT: dict[str, str | None] = {}  # "refused": why Landlock could not confine the task, or None
 
 
 def main(config_json: str | None = None) -> None:
@@ -53,6 +54,8 @@ def main(config_json: str | None = None) -> None:
     result_fd = int(config["result_fd"])
     os.set_inheritable(result_fd, False)  # the cell's own subprocesses must not hold the result pipe
     res = ResultPackage()
+    if "refused" in _CONFINEMENT:
+        res.sandbox["files_confined"] = _CONFINEMENT["refused"] is None
     try:
         with open(config["task"], "rb") as fh:
             task = decode_task(fh.read())
@@ -121,6 +124,13 @@ def _enter_sandbox(config: dict[str, Any]) -> None:
     if procs:
         with open(procs, "w") as fh:  # every process the cell starts inherits this cgroup
             fh.write(str(os.getpid()))
+    rules = config.get("landlock")
+    if rules is not None:
+        from .landlock import confine
+
+        # Last, once the cgroup file is written: from here on, files outside the
+        # scratch dir are read-only and the worker's own are out of sight.
+        _CONFINEMENT["refused"] = confine([(str(path), str(kind)) for path, kind in rules])
     sys.argv = ["<cell>"]
 
 

@@ -49,6 +49,7 @@ from ..errors import DecloudError
 from ..package import ResultPackage, decode_result, encode_result
 from ..processes import pid_alive
 from .bytecode import compile_package
+from .landlock import task_rules
 from .spares import REFILL_DELAY, Key, Process, SparePool, close_at_exit
 
 __all__ = ["SandboxLimits", "network_isolation_available", "prewarm", "run_in_sandbox", "shutdown_spares"]
@@ -119,12 +120,12 @@ def run_in_sandbox(
     cgroup = _make_pids_cgroup(limits.max_processes) if limits.max_processes else None
     run: _Run | None = None
     try:
-        if child is not None and not child.hand_over(task_bytes, _config(limits, cgroup)):
+        if child is not None and not child.hand_over(task_bytes, _config(limits, cgroup, child.scratch)):
             child.discard()  # it died between the check and the config: start one now
             child = None
         if child is None:
             child = _start((python, limits.network), limits.threads)
-            child.hand_over(task_bytes, _config(limits, cgroup))  # if it died already, the run says so
+            child.hand_over(task_bytes, _config(limits, cgroup, child.scratch))  # if it died already, the run says so
         _spares.count(child.warm)
         run = _Run(child.proc, child.result_fd, limits, on_stdout, cgroup)
         run.supervise(timeout, cancel)  # the timeout counts from the config, not from when the spare started
@@ -195,9 +196,10 @@ def _start(key: Key, threads: int) -> Process:
     return Process(proc, scratch, read_fd, write_fd, threads)
 
 
-def _config(limits: SandboxLimits, cgroup: str | None) -> dict[str, object]:
+def _config(limits: SandboxLimits, cgroup: str | None, scratch: str) -> dict[str, object]:
     """What the child applies to itself before it reads a task byte."""
     return {
+        "landlock": task_rules(scratch, _PACKAGE_DIR),
         "rlimits": _rlimits(limits, nproc=cgroup is None),
         "cgroup_procs": os.path.join(cgroup, "cgroup.procs") if cgroup else None,
         "memory_mb": limits.memory_mb,
@@ -386,6 +388,8 @@ def _assemble(
     res.exit_status = run.returncode
     res.timings = {**res.timings, "wall": run.wall, "cpu": run.cpu_seconds}
     res.sandbox = {
+        # from the child: whether Landlock confined its file access (absent when it never got that far)
+        "files_confined": bool(res.sandbox.get("files_confined")),
         "network_isolated": isolated and not limits.network,
         "pid_namespace": isolated,
         "pids_cgroup": cgroup,

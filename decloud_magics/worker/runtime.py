@@ -31,6 +31,7 @@ from ..analysis import cell_names
 from ..codecs import check_size, decode_value, encode_value
 from ..errors import SerializationError
 from ..package import RemoteErrorInfo, ResultPackage, decode_task, encode_result, is_ipython_name
+from .landlock import confine  # imported while the spare waits: ctypes is not free
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -126,8 +127,6 @@ def _enter_sandbox(config: dict[str, Any]) -> None:
             fh.write(str(os.getpid()))
     rules = config.get("landlock")
     if rules is not None:
-        from .landlock import confine
-
         # Last, once the cgroup file is written: from here on, files outside the
         # scratch dir are read-only and the worker's own are out of sight.
         _CONFINEMENT["refused"] = confine([(str(path), str(kind)) for path, kind in rules])

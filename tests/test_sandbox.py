@@ -315,8 +315,8 @@ def test_worker_environment_is_not_visible(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_worker_key_file_is_never_pointed_to(tmp_path: Path) -> None:
-    # Root reads any file whatever its mode (here, inside the user namespace too),
-    # so the guarantee is that nothing handed to the cell names the key file.
+    # Nothing handed to the cell names the key file; that the cell cannot read it
+    # even by its path (Landlock) is tested in test_confinement.py.
     key = tmp_path / "worker.key"
     key.write_text("deadbeef")
     key.chmod(0o600)

@@ -30,10 +30,13 @@ class Connection:
     wake: threading.Event
     key: PrivateKey | None = None
     embedded: Any = None  # the EmbeddedChain, for the local network
+    heads: Any = None  # the HeadWatcher of an RPC network
 
     def close(self) -> None:
         if self.embedded is not None:
             self.embedded.remove_listener(self.wake)
+        if self.heads is not None:
+            self.heads.close()
 
 
 class _LocalNetwork:
@@ -101,6 +104,7 @@ def connect_rpc(config: NetworkConfig, key: PrivateKey | None, wake: threading.E
     """A connection over JSON-RPC and the Kubo RPC API."""
     from web3 import HTTPProvider, Web3
 
+    from .chain.heads import HeadWatcher
     from .channel_ipfs import IpfsPubsubChannel, market_topic, pubsub_available
     from .sessions import node_session
     from .store.kubo import KuboStore
@@ -145,11 +149,13 @@ def connect_rpc(config: NetworkConfig, key: PrivateKey | None, wake: threading.E
                 return market_topic(w3.eth.chain_id, contract)
 
         channel = IpfsPubsubChannel(store.api_url, topic() if chain_id else topic)
+    wake = wake or threading.Event()
     return Connection(
         config=config,
         market=market,
         store=store,
         channel=channel,
-        wake=wake or threading.Event(),
+        wake=wake,
         key=key,
+        heads=HeadWatcher(config.rpc_url, wake.set).start(),  # each new block wakes the followers
     )

@@ -209,14 +209,23 @@ def test_down_leaves_no_process(devnet: Devnet) -> None:
         pid for w in state.workers if w.process for pid in _descendants(w.process.pid)
     ]
     assert devnet.down(grace=5) == []
-    left = []
-    for pid in pids:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        stat = Path(f"/proc/{pid}/stat")
-        left.append(stat.read_text() if stat.exists() else pid)  # says what it is and whether a zombie
+    # A sandbox whose unshare parent was killed is orphaned, and its zombie waits for
+    # init to reap it (here, within a few seconds): give init that long, not more.
+    deadline = time.monotonic() + 15
+    while True:
+        left = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            stat = Path(f"/proc/{pid}/stat")
+            left.append(stat.read_text() if stat.exists() else pid)  # says what it is and whether a zombie
+        running = [entry for entry in left if not (isinstance(entry, str) and ") Z " in entry)]
+        assert not running, running  # nothing may still run once down returns
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert not left, left
     assert devnet.load_state() is None
     assert devnet.down() == []  # a second down has nothing to do

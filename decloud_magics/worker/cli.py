@@ -79,9 +79,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         max_memory_mb=int(args.max_memory * 1024),
         slots=args.slots,
     )
-    worker = Worker(
-        conn.market, conn.store, channel=conn.channel, policy=policy, name=f"pid{os.getpid()}", share=share
-    )
+    worker = Worker(conn.market, conn.store, channel=conn.channel, policy=policy, name=f"pid{os.getpid()}",
+                    share=share, wake=conn.wake)  # fmt: skip
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -93,4 +92,5 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     worker.serve()
+    conn.close()
     return 0

@@ -92,3 +92,16 @@ def test_pierced_paths_reopen_only_what_they_hold(tmp_path: Path) -> None:
     assert not {str(home), str(home / "python"), str(home / "python" / "keys"), str(home / "docs")} & reads
     assert (str(scratch), landlock.WRITE) in got and ("/dev/null", landlock.DEVICE) in got
     assert not any(path == "/dev" or path.startswith("/dev/") and kind == landlock.READ for path, kind in got)
+
+
+def test_a_refused_file_access_says_why_in_the_traceback() -> None:
+    if landlock.abi_version() < 1:
+        pytest.skip("THIS KERNEL HAS NO LANDLOCK (Linux 5.13+): tasks can reach the worker's files here")
+    _, task = build_task_package("data = open(path).read()", {"path": os.path.expanduser("~/.bashrc")})
+    res = decode_result(run_in_sandbox(task, timeout=60))
+    assert res.error is not None and res.error.ename == "PermissionError"
+    assert res.error.traceback[-1].startswith("Note: the cell runs confined on the worker")
+    _, task = build_task_package("data = open('/no/such/file').read()", {})
+    res = decode_result(run_in_sandbox(task, timeout=60))
+    assert res.error is not None and res.error.ename == "FileNotFoundError"
+    assert not any("confined" in line for line in res.error.traceback)  # only where confinement refused

@@ -38,6 +38,10 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _RESOURCE_NAMES = ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_CORE")
 _MAIN_PID = 0  # the runtime's own pid; a process the cell forked has another one
 _CONFINEMENT: dict[str, str | None] = {}  # "refused": why Landlock could not confine the task, or None
+_CONFINED_NOTE = (
+    "Note: the cell runs confined on the worker: it may write only in its own folder (its working "
+    "directory) and cannot read the worker's files; pass data in as notebook variables (--in) instead."
+)
 
 
 def main(config_json: str | None = None) -> None:
@@ -289,6 +293,8 @@ def _error_info(exc: BaseException, code: str) -> RemoteErrorInfo:
         out.append(f"{type(item).__name__}: {item}" if str(item) else type(item).__name__)
         if note:
             out.append(note)
+    if isinstance(exc, PermissionError) and _CONFINEMENT.get("refused", "") is None:
+        out.append(_CONFINED_NOTE)
     # Memory addresses differ on every run; honest workers must report the same bytes.
     return RemoteErrorInfo(
         type(exc).__name__, _ADDRESS.sub(" at 0x…", str(exc)), [_ADDRESS.sub(" at 0x…", t) for t in out]

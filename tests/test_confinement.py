@@ -105,3 +105,15 @@ def test_a_refused_file_access_says_why_in_the_traceback() -> None:
     res = decode_result(run_in_sandbox(task, timeout=60))
     assert res.error is not None and res.error.ename == "FileNotFoundError"
     assert not any("confined" in line for line in res.error.traceback)  # only where confinement refused
+
+
+def test_a_home_or_cwd_that_holds_the_system_is_not_hidden(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOME", "/")  # a service account's home
+    monkeypatch.chdir("/")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    reads = {path for path, kind in landlock.task_rules(str(scratch), _PACKAGE_DIR) if kind == landlock.READ}
+    assert "/usr" in reads and "/etc" in reads  # the system stays readable
+    assert str(decloud_home()) not in reads

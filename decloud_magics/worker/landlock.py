@@ -45,6 +45,7 @@ _SYSCALLS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}  # create_ru
 _PR_SET_NO_NEW_PRIVS = 38
 _RULE_PATH_BENEATH = 1
 _CREATE_RULESET_VERSION = 1
+_SYSTEM = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc")
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 
@@ -101,10 +102,16 @@ def task_rules(scratch: str, package_dir: str) -> list[tuple[str, str]]:
 
     from ..paths import decloud_home
 
-    hidden = {os.path.expanduser("~"), str(decloud_home()), tempfile.gettempdir(), *_hidden_extra}
-    cwd = os.getcwd()
-    if not any(_within(cwd, system) for system in ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc")):
-        hidden.add(cwd)  # where the worker was started: a .env with a key may sit there
+    # where the worker was started too: a .env with a key may sit there
+    wanted = {
+        os.path.expanduser("~"),
+        str(decloud_home()),
+        tempfile.gettempdir(),
+        os.getcwd(),
+        *_hidden_extra,
+    }
+    # ...but never a folder that holds the system (a service whose home or cwd is "/")
+    hidden = {h for h in wanted if not any(_within(os.path.realpath(h), system) for system in _SYSTEM)}
     # What the sandbox's Python reads: its installation, its sys.path (not the worker's
     # script folder or cwd, which a sandbox never puts on sys.path), and decloud itself.
     pierced = [sys.prefix, sys.base_prefix, sys.exec_prefix, package_dir, *(p for p in sys.path[1:] if p)]

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 LARGE = 4 * 1024 * 1024
 
 BytesLike = bytes | bytearray | memoryview
+#: A payload: bytes-like, or bytes-like pieces that make it end to end.
+Pieces = BytesLike | Sequence[BytesLike]
 
 _PRIVATE = getattr(mmap, "MAP_PRIVATE", None)  # POSIX only: elsewhere a bytearray
 _ANONYMOUS = getattr(mmap, "MAP_ANONYMOUS", None)
@@ -41,13 +43,20 @@ def fresh_buffer(size: int) -> memoryview:
     return memoryview(area)  # the view keeps the mapping alive; it is unmapped with the last view
 
 
+def as_views(data: Pieces) -> list[memoryview]:
+    """``data`` as flat byte views: one for a bytes-like object, one per piece of a sequence."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return [memoryview(data).cast("B")]
+    return [memoryview(piece).cast("B") for piece in data]
+
+
 def join(parts: Sequence[BytesLike]) -> bytes | memoryview:
     """``parts`` copied once into one buffer: ``bytes`` when small, a read-only view when large.
 
     >>> join([b"ab", memoryview(b"cd")])
     b'abcd'
     """
-    views = [memoryview(p).cast("B") for p in parts]
+    views = as_views(parts)
     total = sum(v.nbytes for v in views)
     if total < LARGE:
         return b"".join(views)

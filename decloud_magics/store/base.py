@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 from typing import Protocol, runtime_checkable
 
+from ..buffers import Pieces
 from ..errors import IntegrityError, StoreError
 from .cid import DAG_PB, IDENTITY, RAW, SHA2_256, SHA2_512, parse_cid
-from .unixfs import Pieces, file_root
+from .unixfs import file_root
 
 _HASHERS = {SHA2_256: "sha256", SHA2_512: "sha512"}
 

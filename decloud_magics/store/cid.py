@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from ..errors import StoreError
 
 if TYPE_CHECKING:
-    from .unixfs import Pieces
+    from ..buffers import Pieces
 
 # Multicodec and multihash codes (https://github.com/multiformats/multicodec).
 RAW = 0x55

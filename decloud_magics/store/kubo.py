@@ -25,11 +25,12 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from ..buffers import Pieces, as_views
 from ..errors import ContentNotFound, IntegrityError, NetworkUnreachable, StoreError
 from ..sessions import node_session
 from .base import verify
 from .cid import cid_for, parse_cid
-from .unixfs import CHUNK_SIZE, Pieces, as_views
+from .unixfs import CHUNK_SIZE
 
 if TYPE_CHECKING:
     import requests

@@ -20,10 +20,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..buffers import LARGE
+from ..buffers import LARGE, Pieces, as_views
 from ..errors import ContentNotFound, IntegrityError, StoreError
 from .cid import DAG_PB, RAW, SHA2_256, ParsedCid, parse_cid
-from .unixfs import Pieces, as_views, file_root
+from .unixfs import file_root
 
 _TMP_PREFIX = ".tmp-"
 

@@ -22,11 +22,8 @@ import os
 import threading
 from collections.abc import Sequence
 
-from ..buffers import BytesLike
+from ..buffers import BytesLike, Pieces, as_views
 from .cid import DAG_PB, RAW, SHA2_256, ParsedCid, _varint
-
-#: A payload: bytes-like, or bytes-like pieces that make it end to end.
-Pieces = BytesLike | Sequence[BytesLike]
 
 #: Bytes per leaf: the default chunker of ``ipfs add`` (``size-262144``).
 CHUNK_SIZE = 262_144
@@ -68,13 +65,6 @@ def file_root(data: Pieces, *, chunk_size: int = CHUNK_SIZE, max_links: int = MA
         if len(parents) == 1:
             return ParsedCid(1, DAG_PB, SHA2_256, parents[0][0][len(_DAG_PB_PREFIX) :])
         level = parents
-
-
-def as_views(data: Pieces) -> list[memoryview]:
-    """``data`` as flat byte views: one for a bytes-like object, one per piece of a sequence."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return [memoryview(data).cast("B")]
-    return [memoryview(piece).cast("B") for piece in data]
 
 
 def chunked(views: Sequence[memoryview], chunk_size: int = CHUNK_SIZE) -> list[memoryview]:

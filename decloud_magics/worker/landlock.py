@@ -24,6 +24,7 @@ sandbox's runtime (``confine``), which needs only ``os`` and ``ctypes``.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import sys
@@ -58,6 +59,7 @@ class _PathBeneathAttr(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
+@functools.cache
 def abi_version() -> int:
     """The Landlock ABI this kernel offers; 0 where there is none (old kernel, not Linux)."""
     numbers = _syscall_numbers()
@@ -74,7 +76,20 @@ def rules(scratch: str, hidden: Iterable[str], pierced: Iterable[str] = ()) -> l
     ``hidden`` paths are not readable unless a ``pierced`` path lies within
     them; ``/dev`` is always hidden but for ``/dev/shm`` and a few devices.
     """
-    secret = {os.path.realpath(p) for p in (*hidden, "/dev")}
+    out = list(_shared_rules(frozenset(os.path.realpath(p) for p in hidden), tuple(pierced)))
+    out += [(path, WRITE) for path in (os.path.realpath(scratch), "/dev/shm") if os.path.isdir(path)]
+    return list(dict.fromkeys(out))
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_rules(hidden: frozenset[str], pierced: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The rules every task of this worker shares: worked out once, not for each task.
+
+    The folders listed on the way (the siblings of each hidden path's
+    ancestors) are read then: one created later stays out of tasks' sight
+    until the worker restarts.
+    """
+    secret = {*hidden, "/dev"}
     out = [(path, READ) for path in visible_around(secret)]
     for path in pierced:
         real = os.path.realpath(path)
@@ -83,8 +98,7 @@ def rules(scratch: str, hidden: Iterable[str], pierced: Iterable[str] = ()) -> l
         inside = {s for s in secret if _within(real, s) and s != real}  # hidden paths within it stay hidden
         out += [(p, READ) for p in visible_around(inside, real)]
     out += [(device, DEVICE) for device in _DEVICES if os.path.exists(device)]
-    out += [(path, WRITE) for path in (os.path.realpath(scratch), "/dev/shm") if os.path.isdir(path)]
-    return list(dict.fromkeys(out))
+    return tuple(out)
 
 
 _hidden_extra: set[str] = set()
@@ -111,11 +125,12 @@ def task_rules(scratch: str, package_dir: str) -> list[tuple[str, str]]:
         *_hidden_extra,
     }
     # ...but never a folder that holds the system (a service whose home or cwd is "/")
-    hidden = {h for h in wanted if not any(_within(os.path.realpath(h), system) for system in _SYSTEM)}
+    real = {os.path.realpath(h) for h in wanted}
+    hidden = {h for h in real if not any(_within(h, system) for system in _SYSTEM)}
     # What the sandbox's Python reads: its installation, its sys.path (not the worker's
     # script folder or cwd, which a sandbox never puts on sys.path), and decloud itself.
     pierced = [sys.prefix, sys.base_prefix, sys.exec_prefix, package_dir, *(p for p in sys.path[1:] if p)]
-    if not _warned and abi_version() < 1:
+    if abi_version() < 1 and not _warned:
         _warned.append(True)
         log.warning("file confinement unavailable: this kernel has no Landlock (Linux 5.13+), "
                     "so a task can read and write what the worker's user can")  # fmt: skip

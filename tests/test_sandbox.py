@@ -441,7 +441,7 @@ def test_a_dying_worker_takes_its_sandbox_along() -> None:
 
     leftovers = list(Path(tempfile.gettempdir()).glob(f"decloud-task-{proc.pid}-*"))
     assert leftovers
-    sandbox._cgroup_state.pop("swept", None)
+    sandbox._swept.clear()
     assert_worker_still_fine()
     assert not any(p.exists() for p in leftovers)
 
@@ -518,6 +518,34 @@ def test_warm_process_joins_the_pids_cgroup() -> None:
     res = run_warm(bomb, max_processes=16, timeout=20)
     assert res.failure == "The cell tried to run more than the sandbox's 16 processes."
     assert_worker_still_fine()
+
+
+def test_a_spare_waits_inside_its_own_pids_cgroup() -> None:
+    """Joining a cgroup costs milliseconds of kernel time: a spare pays them before its task comes."""
+    spare = spare_ready()
+    if spare.cgroup is None:
+        pytest.skip("LOUD: no writable pids cgroup here; the fork bomb test covers RLIMIT_NPROC")
+    procs = Path(spare.cgroup, "cgroup.procs")
+    deadline = time.monotonic() + 30
+    while not procs.read_text().split() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (pid,) = procs.read_text().split()
+    assert b"decloud_magics.worker.runtime" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert Path(spare.cgroup, "pids.max").read_text().strip() == str(SandboxLimits().max_processes)
+    res = run_warm("import os\nn = len(os.listdir('/proc/self/task'))", max_processes=16)
+    assert res.failure is None and decode_values(res, trust_pickle=False)["n"] == 1
+    assert not Path(spare.cgroup).exists()  # removed with the run
+
+
+def test_a_caller_that_settles_first_starts_the_next_spare_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox_module, "REFILL_DELAY", 60.0)
+    spare_ready()
+    _, task = build_task_package("y = 2", {})
+    res = decode_result(run_in_sandbox(task, timeout=60, refill=False))
+    assert decode_values(res, trust_pickle=False) == {"y": 2}
+    assert WARM_KEY not in sandbox_module._spares._ready and WARM_KEY not in sandbox_module._spares._making
+    sandbox_module.prewarm()  # what a worker calls once the result is on chain
+    assert sandbox_module._spares.wait_ready(WARM_KEY, timeout=60)
 
 
 def test_the_environment_of_a_warm_process_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -601,7 +629,7 @@ def test_concurrent_runs_from_threads_all_succeed() -> None:
 
 def test_live_spares_survive_the_sweep_and_go_at_shutdown() -> None:
     spare = spare_ready()
-    sandbox_module._cgroup_state.pop("swept", None)
+    sandbox_module._swept.clear()
     sandbox_module._sweep_leftovers()
     assert Path(spare.scratch).exists()
     sandbox_module.shutdown_spares()

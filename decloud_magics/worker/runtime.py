@@ -52,6 +52,8 @@ def main(config_json: str | None = None) -> None:
     this module imported, until the parent hands it a task.
     """
     global _MAIN_PID
+    if len(sys.argv) > 2:
+        _join_cgroup(sys.argv[2])
     config = json.loads(config_json if config_json is not None else _read_config())
     _enter_sandbox(config)
     started = time.perf_counter()
@@ -104,6 +106,16 @@ def _read_config() -> str:
     return b"".join(chunks).decode("utf-8")
 
 
+def _join_cgroup(procs_file: str) -> None:
+    """Join the run's pids cgroup now, while the spare waits: the move takes milliseconds of kernel time.
+
+    Every process the cell starts inherits it. A refused move ends this process
+    before it takes a task: the parent counts on the cap.
+    """
+    with open(procs_file, "w") as fh:
+        fh.write(str(os.getpid()))
+
+
 def _enter_sandbox(config: dict[str, Any]) -> None:
     """Apply the limits before any task byte is read.
 
@@ -125,14 +137,10 @@ def _enter_sandbox(config: dict[str, Any]) -> None:
         import signal
 
         signal.signal(signal.SIGXCPU, _cpu_limit_reached)
-    procs = config.get("cgroup_procs")
-    if procs:
-        with open(procs, "w") as fh:  # every process the cell starts inherits this cgroup
-            fh.write(str(os.getpid()))
     rules = config.get("landlock")
     if rules is not None:
-        # Last, once the cgroup file is written: from here on, files outside the
-        # scratch dir are read-only and the worker's own are out of sight.
+        # Last: from here on, files outside the scratch dir are read-only and
+        # the worker's own are out of sight.
         _CONFINEMENT["refused"] = confine([(str(path), str(kind)) for path, kind in rules])
     sys.argv = ["<cell>"]
 

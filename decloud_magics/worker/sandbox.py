@@ -29,7 +29,6 @@ the config; it still runs this one task only.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import selectors
@@ -48,6 +47,7 @@ from ..buffers import BytesLike
 from ..errors import DecloudError
 from ..package import ResultPackage, decode_result, encode_result
 from ..processes import pid_alive
+from . import cgroups
 from .bytecode import compile_package
 from .landlock import task_rules
 from .spares import REFILL_DELAY, Key, Process, SparePool, close_at_exit
@@ -62,7 +62,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _KILL_GRACE = 5.0  # seconds to drain pipes after a kill before giving up on them
 # The bootstrap registers decloud_magics without running its __init__, which
 # loads the notebook glue: the sandbox needs only the formats and the runtime.
-# The config comes later, on stdin, so the same process can be started ahead of its task.
+# The config comes later, on stdin, so the same process can be started ahead of its task;
+# the cgroup it joins meanwhile, if any, is its second argument.
 _BOOT = (
     "import sys,types;p=types.ModuleType('decloud_magics');p.__path__=[sys.argv[1]];"
     "sys.modules['decloud_magics']=p;from decloud_magics.worker.runtime import main;main()"
@@ -101,6 +102,7 @@ def run_in_sandbox(
     python: str = sys.executable,
     cancel: threading.Event | None = None,
     queued: bool = False,
+    refill: bool = True,
 ) -> bytes | memoryview:
     """Run a task package in a sandbox process; return the encoded result package.
 
@@ -108,7 +110,10 @@ def run_in_sandbox(
     from the calling thread. Setting ``cancel`` kills the run (its worker lost
     the task); the result then says it was cancelled. ``queued`` says more tasks
     wait behind this one: the next warm interpreter is started at once rather
-    than when this run ends. Timeouts, limits and crashes come back as results
+    than when this run ends. ``refill=False`` leaves the next one to the caller's
+    ``prewarm()`` once it has stored and settled this result: a new interpreter
+    takes 40–60 ms of CPU, which on a small worker would delay exactly that
+    work (it still starts ``REFILL_DELAY`` after this run began). Timeouts, limits and crashes come back as results
     with a ``failure`` sentence; only a bug of the worker itself raises.
     """
     limits = limits or SandboxLimits()
@@ -117,16 +122,16 @@ def run_in_sandbox(
     isolated = _unshare_works(python, limits.network)
     refill_delay = 0.0 if queued else REFILL_DELAY
     child = _spares.take((python, limits.network), limits.threads, refill_delay=refill_delay)
-    cgroup = _make_pids_cgroup(limits.max_processes) if limits.max_processes else None
     run: _Run | None = None
     try:
-        if child is not None and not child.hand_over(task_bytes, _config(limits, cgroup, child.scratch)):
+        if child is not None and not child.hand_over(task_bytes, _config(limits, child)):
             child.discard()  # it died between the check and the config: start one now
             child = None
         if child is None:
             child = _start((python, limits.network), limits.threads)
-            child.hand_over(task_bytes, _config(limits, cgroup, child.scratch))  # if it died already, the run says so
+            child.hand_over(task_bytes, _config(limits, child))  # if it died already, the run says so
         _spares.count(child.warm)
+        cgroup = child.cgroup
         run = _Run(child.proc, child.result_fd, limits, on_stdout, cgroup)
         run.supervise(timeout, cancel)  # the timeout counts from the config, not from when the spare started
         run.wall = time.monotonic() - started
@@ -135,14 +140,15 @@ def run_in_sandbox(
             # SIGKILL (util-linux 2.38) and ends in "exit 1" plus this line.
             del run.stderr.head[-len(_UNSHARE_SIGKILL) :]
             run.returncode = -signal.SIGKILL
-        run.process_limit_hit = cgroup is not None and _pids_limit_hit(cgroup)
+        run.process_limit_hit = cgroup is not None and cgroups.limit_hit(cgroup)
         return _assemble(run, limits, timeout, isolated, cgroup is not None)
     finally:
-        _spares.prewarm((python, limits.network), limits.threads)  # this run is over: refill now
+        if refill:
+            _spares.prewarm((python, limits.network), limits.threads)  # this run is over: refill now
         if run is None and child is not None:
             child.discard()  # never supervised: kill and reap it here
-        if cgroup is not None:
-            _remove_cgroup(cgroup)
+        if child is not None and child.cgroup is not None:
+            cgroups.remove(child.cgroup)
         if child is not None:
             if sys.version_info >= (3, 12):
                 shutil.rmtree(child.scratch, onexc=_force_remove)
@@ -171,10 +177,11 @@ def _start(key: Key, threads: int) -> Process:
     isolated = _unshare_works(python, network)
     compile_package(_PACKAGE_DIR, python)  # once per worker: no sandbox compiles the runtime again
     scratch = tempfile.mkdtemp(prefix=f"decloud-task-{os.getpid()}-")
+    cgroup = cgroups.make(SandboxLimits().max_processes)  # joined while the process waits for its task
     # Not -I: it implies -E, which would drop PYTHONHASHSEED, and equal hashing
     # is what makes honest workers print sets identically. The environment is
     # ours anyway, and sets the rest of -I (no user site, no cwd on sys.path).
-    argv = [python, "-u", "-c", _BOOT, _PACKAGE_DIR]
+    argv = [python, "-u", "-c", _BOOT, _PACKAGE_DIR, *([cgroups.procs_file(cgroup)] if cgroup else [])]
     if isolated:
         argv = [*_UNSHARE, *([] if network else ["--net"]), *argv]
     if _command_works((*_SETPRIV, python, "-c", "pass")):
@@ -192,16 +199,24 @@ def _start(key: Key, threads: int) -> Process:
             os.close(write_fd)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
+        if cgroup is not None:
+            cgroups.remove(cgroup)
         raise
-    return Process(proc, scratch, read_fd, write_fd, threads)
+    return Process(proc, scratch, read_fd, write_fd, threads, cgroup=cgroup)
 
 
-def _config(limits: SandboxLimits, cgroup: str | None, scratch: str) -> dict[str, object]:
-    """What the child applies to itself before it reads a task byte."""
+def _config(limits: SandboxLimits, child: Process) -> dict[str, object]:
+    """What the child applies to itself before it reads a task byte; the run's process cap goes
+    into the cgroup the child joined while it waited (RLIMIT_NPROC where there is none)."""
+    cgroup = child.cgroup
+    if cgroup is not None:
+        try:
+            cgroups.set_max(cgroup, limits.max_processes)
+        except OSError:
+            cgroup = None  # gone under us (a sweep of a dead worker's name): fall back to the rlimit
     return {
-        "landlock": task_rules(scratch, _PACKAGE_DIR),
+        "landlock": task_rules(child.scratch, _PACKAGE_DIR),
         "rlimits": _rlimits(limits, nproc=cgroup is None),
-        "cgroup_procs": os.path.join(cgroup, "cgroup.procs") if cgroup else None,
         "memory_mb": limits.memory_mb,
         "cpu_seconds": limits.cpu_seconds,
         "file_size_mb": limits.file_size_mb,
@@ -362,7 +377,7 @@ class _Run:
         except (ProcessLookupError, PermissionError):
             pass
         if self.cgroup is not None:  # reaches children that left the group when there is no PID namespace
-            _kill_cgroup(self.cgroup)
+            cgroups.kill_all(self.cgroup)
         return time.monotonic()
 
 
@@ -437,7 +452,7 @@ close_at_exit(_spares)
 _probe_lock = threading.Lock()
 _unshare_cache: dict[tuple[str, bool], bool] = {}
 _command_cache: dict[tuple[str, ...], bool] = {}
-_cgroup_state: dict[str, object] = {}
+_swept: list[bool] = []
 
 
 def _unshare_works(python: str, network: bool) -> bool:
@@ -468,12 +483,10 @@ def _command_works(argv: tuple[str, ...]) -> bool:
 def _sweep_leftovers() -> None:
     """Remove scratch dirs and cgroups of workers that died mid-run (their finally never ran)."""
     with _probe_lock:
-        if _cgroup_state.get("swept"):
+        if _swept:
             return
-        _cgroup_state["swept"] = True
-        if "base" not in _cgroup_state:
-            _cgroup_state["base"] = _pids_cgroup_base()
-    base = _cgroup_state["base"]
+        _swept.append(True)
+    base = cgroups.base()
     places = [(tempfile.gettempdir(), "decloud-task-")] + (
         [(base, "decloud-")] if isinstance(base, str) else []
     )
@@ -483,92 +496,9 @@ def _sweep_leftovers() -> None:
             if owner.isdigit() and not pid_alive(int(owner)):
                 path = os.path.join(folder, name)
                 if folder == base:
-                    _remove_cgroup(path)
+                    cgroups.remove(path)
                 else:
                     shutil.rmtree(path, ignore_errors=True)
-
-
-def _make_pids_cgroup(max_processes: int) -> str | None:
-    """A pids cgroup for one run (its path), or None where none can be made."""
-    with _probe_lock:
-        if "base" not in _cgroup_state:
-            _cgroup_state["base"] = _pids_cgroup_base()
-        count = int(_cgroup_state.get("count", 0)) + 1  # type: ignore[call-overload]
-        _cgroup_state["count"] = count
-    base = _cgroup_state["base"]
-    if not isinstance(base, str):
-        return None
-    path = os.path.join(base, f"decloud-{os.getpid()}-{count}")
-    try:
-        os.mkdir(path)
-        with open(os.path.join(path, "pids.max"), "w") as fh:
-            fh.write(str(max_processes))
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
-        return None
-    return path
-
-
-def _pids_cgroup_base() -> str | None:
-    try:
-        with open("/proc/self/cgroup") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _id, controllers, path = line.split(":", 2)
-        if "pids" in controllers.split(","):  # cgroup v1
-            base = os.path.join("/sys/fs/cgroup/pids", path.lstrip("/"))
-        elif controllers == "":  # cgroup v2: only if pids is delegated to our children
-            base = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
-            try:
-                with open(os.path.join(base, "cgroup.subtree_control")) as fh:
-                    if "pids" not in fh.read().split():
-                        continue
-            except OSError:
-                continue
-        else:
-            continue
-        if os.access(base, os.W_OK):
-            return base
-    return None
-
-
-def _pids_limit_hit(cgroup: str) -> bool:
-    """Whether the kernel refused a fork because of ``pids.max``."""
-    try:
-        with open(os.path.join(cgroup, "pids.events")) as fh:
-            return any(line.split()[:1] == ["max"] and line.split()[1:] != ["0"] for line in fh)
-    except OSError:
-        return False
-
-
-def _remove_cgroup(cgroup: str) -> None:
-    """Kill what is still inside, then remove it."""
-    for _ in range(100):  # processes killed a moment ago may still be exiting
-        try:
-            _kill_cgroup(cgroup)
-            os.rmdir(cgroup)
-            return
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return
-            time.sleep(0.02)
-    log.warning("could not remove the sandbox cgroup %s", cgroup)
-
-
-def _kill_cgroup(cgroup: str) -> None:
-    """SIGKILL every process in the cgroup: a setsid'd child when there is no PID namespace."""
-    try:
-        with open(os.path.join(cgroup, "cgroup.procs")) as fh:
-            pids = [int(pid) for pid in fh.read().split()]
-    except OSError:
-        return
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def _force_remove(func: Callable[..., object], path: str, _exc: object) -> None:

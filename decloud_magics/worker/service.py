@@ -413,8 +413,9 @@ class Worker:
 
             confirm.add_done_callback(claimed)  # at once when it is already settled
         queued = len(self._offers) > len(self._held)  # more work waits: start the next interpreter now
+        # the next interpreter starts once this result is settled (``_settled``), not while it is
         return run_in_sandbox(package, timeout=float(offer.timeout), limits=limits, on_stdout=say.line,
-                              cancel=cancel, queued=queued)  # fmt: skip
+                              cancel=cancel, queued=queued, refill=False)  # fmt: skip
 
     def on_complete(self, offer: TaskOffer, result: bytes | memoryview) -> None:
         """Store the result and queue its settlement: a result the sandbox cut short refunds the requester."""
@@ -426,6 +427,9 @@ class Worker:
         self._settler.put(Settlement(offer.task_id, digest, cid, offer.validators, parsed.failure or None))
 
     def _settled(self, settlement: Settlement, accepted: bool, refusal: str | None) -> None:
+        from .sandbox import prewarm
+
+        prewarm()
         task_id = settlement.task_id
         if not accepted:
             log.warning("worker %s could not settle task %d: %s", self.name, task_id, refusal)
@@ -441,7 +445,10 @@ class Worker:
 
     def on_failure(self, offer: TaskOffer, exc: BaseException) -> None:
         """Something outside the task broke (store down, bad package): give the seat back."""
+        from .sandbox import prewarm
+
         log.warning("worker %s could not run task %d: %s", self.name, offer.task_id, exc)
+        prewarm()
         self.channel.publish(
             offer.task_id, "note", {"message": f"worker {self.name} gave the task back: {exc}"}
         )

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from subprocess import Popen
 
 from ..buffers import BytesLike
+from . import cgroups
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Process:
     result_fd: int  # our read end of the result pipe
     child_fd: int  # the child's write end, by its number in the child
     threads: int
+    cgroup: str | None = None  # its pids cgroup, joined while it waits (``cgroups.py``)
     warm: bool = False
     born: float = field(default_factory=time.monotonic)
 
@@ -69,8 +71,7 @@ class Process:
     def hand_over(self, task_bytes: BytesLike, config: dict[str, object]) -> bool:
         """Put the task in the scratch dir and send the config; False if the process is already gone.
 
-        The child sets its limits and joins the cgroup from this config before
-        it opens the task file.
+        The child sets its limits from this config before it opens the task file.
         """
         task_path = os.path.join(self.scratch, ".decloud-task")
         with open(task_path, "wb") as fh:
@@ -103,6 +104,8 @@ class Process:
         except OSError:
             pass
         shutil.rmtree(self.scratch, ignore_errors=True)
+        if self.cgroup is not None:
+            cgroups.remove(self.cgroup)
 
 
 class SparePool:

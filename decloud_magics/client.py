@@ -243,7 +243,8 @@ class Client(Following):
             tx_hash=outcome.tx_hash,
             data={"task_id": task_id, "input_cid": run.input_cid, "gas": gas[0]},
         )
-        if hint:  # for workers that listen: the task is on chain, look now rather than at the next poll
+        if hint and not self.conn.blocks_pushed():
+            # for workers that listen: the task is on chain, look now rather than at the next poll
             self.conn.channel.publish(task_id, "created", {})
         with self._lock:
             self._by_task[task_id] = run

@@ -32,6 +32,16 @@ class Connection:
     embedded: Any = None  # the EmbeddedChain, for the local network
     heads: Any = None  # the HeadWatcher of an RPC network
 
+    def blocks_pushed(self) -> bool:
+        """Whether the node pushes each new block to us as it is mined (``chain/heads.py``).
+
+        Then it pushes them to everyone else on this network too, and a hint on
+        the live channel that the chain changed ("created", "settled") would
+        arrive after the block and only load the IPFS node at the moment the
+        other side reads from it.
+        """
+        return self.heads is not None and self.heads.subscribed.is_set()
+
     def close(self) -> None:
         if self.embedded is not None:
             self.embedded.remove_listener(self.wake)

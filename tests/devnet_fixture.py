@@ -80,3 +80,18 @@ def requester_client(devnet: Devnet) -> Iterator[object]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="module")
+def anvil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[chain_node.AnvilNode]:
+    """A bare anvil for one test module (no contract, no IPFS); skips loudly where it cannot install."""
+    try:
+        chain_node.ensure_anvil_installed(TOOLS)
+    except Exception as exc:  # noqa: BLE001 (any install failure: skip loudly, naming it)
+        pytest.skip(f"ANVIL IS NOT INSTALLED ({exc}): tests that need a chain node did not run")
+    node = chain_node.AnvilNode(
+        TOOLS, tmp_path_factory.mktemp("anvil") / "anvil.log", port=chain_node.pick_port(0)
+    )
+    node.start()
+    yield node
+    node.stop()

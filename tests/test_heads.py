@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from devnet_fixture import TOOLS
+from devnet_fixture import TOOLS, anvil  # noqa: F401 (a fixture)
 
 from decloud_magics.chain.heads import HeadWatcher, ws_url
 from decloud_magics.devnet import chain_node
@@ -19,20 +19,6 @@ def test_ws_url_follows_the_rpc_url() -> None:
     assert ws_url("https://node.example.org/v1/key") == "wss://node.example.org/v1/key"
     assert ws_url("wss://node.example.org") == "wss://node.example.org"
     assert ws_url("/tmp/geth.ipc") is None
-
-
-@pytest.fixture(scope="module")
-def anvil(tmp_path_factory: pytest.TempPathFactory) -> chain_node.AnvilNode:
-    try:
-        chain_node.ensure_anvil_installed(TOOLS)
-    except Exception as exc:  # noqa: BLE001 (any install failure: skip loudly, naming it)
-        pytest.skip(f"ANVIL IS NOT INSTALLED ({exc}): chain-heads tests did not run")
-    node = chain_node.AnvilNode(
-        TOOLS, tmp_path_factory.mktemp("anvil") / "anvil.log", port=chain_node.pick_port(0)
-    )
-    node.start()
-    yield node
-    node.stop()
 
 
 def test_each_mined_block_wakes_the_watcher(anvil: chain_node.AnvilNode) -> None:

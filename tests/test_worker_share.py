@@ -96,3 +96,27 @@ def test_a_wrong_share_is_one_sentence(text: str) -> None:
 def test_a_share_claims_before_it_may_be_stolen() -> None:
     with pytest.raises(ValueError, match="claim its own long task before"):
         Share(1, 2, claim_after=3.0, steal_after=3.0)
+
+
+def test_chain_hints_are_left_out_when_the_node_pushes_blocks(operator: Operator) -> None:
+    """A node that pushes new blocks tells everyone; hints on the live channel would only add load."""
+    from decloud_magics.chain.heads import HeadWatcher
+
+    heard: list[tuple[int, str]] = []
+    operator.channel.subscribe(lambda task_id, kind, data: heard.append((task_id, kind)))
+    operator.worker(1, Share(1, 1))
+    client = operator.connect()
+    first = client.submit("y = 1", outputs=["y"], price=PRICE, timeout=30)
+    assert first.result(timeout=60).values == {"y": 1}
+    assert wait_until(lambda: (first.task_id, "settled") in heard, timeout=30)
+    assert (first.task_id, "created") in heard
+
+    pushed = HeadWatcher("http://127.0.0.1:9", lambda: None)  # as if its node pushed new blocks
+    pushed.subscribed.set()
+    client.conn.heads = pushed
+    operator.workers[0].blocks_pushed = client.conn.blocks_pushed
+    second = client.submit("y = 2", outputs=["y"], price=PRICE, timeout=30)
+    assert second.result(timeout=60).values == {"y": 2}
+    assert wait_until(lambda: operator.workers[0].completed == 2, timeout=30)
+    said = [kind for task_id, kind in heard if task_id == second.task_id]
+    assert "running" in said and "created" not in said and "settled" not in said

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ERROR_SENTENCES",
+    "CallEncoder",
     "LogDecoder",
     "error_selectors",
     "event_topics",
@@ -127,6 +128,34 @@ class LogDecoder:
             inner = kind[: kind.rindex("[")]
             return [self._tidy(inner, v) for v in value]
         return value
+
+
+class CallEncoder:
+    """Calldata for the contract's functions by eth_abi directly.
+
+    web3's ``build_transaction`` runs its normalizers over every argument and
+    the ABI on each call, 1–2 ms of a worker's or a requester's transaction.
+    Overloaded names are left out: ``knows`` says which names are served.
+    """
+
+    def __init__(self, w3: Web3, abi: list[dict[str, Any]]) -> None:
+        from eth_abi import encode
+
+        self._encode = encode
+        self._functions: dict[str, tuple[bytes, list[str]]] = {}
+        names = [item["name"] for item in abi if item.get("type") == "function"]
+        for item in abi:
+            if item.get("type") == "function" and names.count(item["name"]) == 1:
+                types = [abi_type(i) for i in item["inputs"]]
+                selector = bytes(w3.keccak(text=f"{item['name']}({','.join(types)})"))[:4]
+                self._functions[item["name"]] = (selector, types)
+
+    def knows(self, name: str) -> bool:
+        return name in self._functions
+
+    def encode(self, name: str, args: Sequence[Any]) -> bytes:
+        selector, types = self._functions[name]
+        return selector + self._encode(types, list(args))
 
 
 def _dynamic(kind: str) -> bool:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import ChainError, InsufficientFunds, NetworkUnreachable
 from ..models import Resources
-from .abi import ERROR_SENTENCES, LogDecoder, error_selectors, revert_selector, unpack_terms
+from .abi import ERROR_SENTENCES, CallEncoder, LogDecoder, error_selectors, revert_selector, unpack_terms
 from .artifact import load_artifact
+from .rpc import NodeRpc, log_fields, receipt_facts
 
 if TYPE_CHECKING:  # web3 costs ~1 s to import: only the type checker pays it here
     from web3 import Web3
@@ -143,7 +144,10 @@ class Market:
         self._chain_id: int | None = None  # asked once: web3 would ask before every signed transaction
         self._price: tuple[float, int] | None = None
         self._logs = LogDecoder(w3, artifact["abi"])
+        self._calls = CallEncoder(w3, artifact["abi"])
         self._errors = error_selectors(w3, artifact["abi"])
+        # a node over HTTP: the calls of a task's path skip web3's pipeline (see ``rpc.py``)
+        self.rpc = NodeRpc(w3) if NodeRpc.speaks_json_rpc(w3) else None
 
     # -- transactions -------------------------------------------------------
 
@@ -259,6 +263,8 @@ class Market:
 
     def balance(self, account: str | None = None) -> int:
         with self._guard():
+            if self.rpc is not None:  # asked before every run (the wallet check): the short way
+                return int(self.rpc.call("eth_getBalance", [account or self.account, "latest"]), 16)
             return int(self.w3.eth.get_balance(account or self.account))
 
     def block_number(self) -> int:
@@ -295,23 +301,17 @@ class Market:
         return EventFollower(self, from_block)
 
     def decode_logs(self, logs: list[Any]) -> list[MarketEvent]:
+        """Logs as the node sent them or as web3 formatted them."""
         events = []
         for log in logs:
-            decoded = self._logs.decode(log["topics"], log["data"])
+            fields = log_fields(log)
+            decoded = self._logs.decode(fields.topics, fields.data)
             if decoded is None:
                 continue
             name, args = decoded
             if name == "TaskCreated":
                 args.update(unpack_terms(int(args.pop("terms"))))
-            events.append(
-                MarketEvent(
-                    name=name,
-                    args=args,
-                    block=int(log["blockNumber"]),
-                    tx_hash=_hex(log["transactionHash"]),
-                    log_index=int(log["logIndex"]),
-                )
-            )
+            events.append(MarketEvent(name, args, fields.block, fields.tx_hash, fields.log_index))
         return events
 
     def events_in(self, from_block: int, to_block: int | str = "latest") -> list[MarketEvent]:
@@ -358,7 +358,7 @@ class Market:
                     receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.01)
                 else:
                     try:
-                        tx_hash = self._send_signed(fn, value, gas)
+                        tx_hash, receipt = self._send_signed(fn, value, gas)
                     except Exception as first:
                         reason = str(first).lower()
                         if "nonce" not in reason and "fee" not in reason:
@@ -366,57 +366,68 @@ class Market:
                         # another process (a second kernel) sent from this account, or the
                         # base fee rose past our cached fees: recount, re-ask, retry once
                         self._nonce = self._fees = None
-                        tx_hash = self._send_signed(fn, value, gas)
+                        tx_hash, receipt = self._send_signed(fn, value, gas)
             except Exception as exc:
                 # a refused transaction may leave our count wrong: re-read it (and the chain id, should
                 # the node have been replaced by another chain's)
                 self._nonce = self._chain_id = None
                 raise self._explain(exc, fn, value) from None
-        if self._key is not None:
+        if receipt is None:
             # A node mines on its own time: wait without the lock, so this account's
             # other calls (the worker's event polls) are not held behind the receipt.
             try:
                 receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.01)
             except Exception as exc:
                 raise self._explain(exc, fn, value) from None
+        facts = receipt_facts(receipt)
         with self._guard():
-            if receipt["status"] != 1:
-                raise self._explain_revert(fn, value, receipt, tx_hash)
+            if facts.status != 1:
+                raise self._explain_revert(fn, value, facts.block, tx_hash)
             outcome = TxOutcome(
                 tx_hash=_hex(tx_hash),
-                block=int(receipt["blockNumber"]),
-                gas_used=int(receipt["gasUsed"]),
-                gas_cost_wei=int(receipt["gasUsed"]) * int(receipt.get("effectiveGasPrice", 0) or 0),
-                events=tuple(self.decode_logs(list(receipt["logs"]))),
+                block=facts.block,
+                gas_used=facts.gas_used,
+                gas_cost_wei=facts.gas_used * facts.gas_price,
+                events=tuple(self.decode_logs(facts.logs)),
             )
         if self._on_block is not None:
             self._on_block()
         return outcome
 
-    def _explain_revert(self, fn: Any, value: int, receipt: Any, tx_hash: Any) -> Exception:
+    def _explain_revert(self, fn: Any, value: int, block: int, tx_hash: Any) -> Exception:
         """Replay a reverted call on the state it met, to name the contract's reason."""
         try:
-            fn.call({"from": self.account, "value": value}, block_identifier=int(receipt["blockNumber"]) - 1)
+            fn.call({"from": self.account, "value": value}, block_identifier=block - 1)
         except Exception as exc:
             explained = self._explain(exc, fn, value)
             if not str(explained).endswith("no reason given"):
                 return explained
         return ChainError(f"The transaction {_hex(tx_hash)} was reverted by the contract.")
 
-    def _send_signed(self, fn: Any, value: int, gas: int | None = None) -> Any:
+    def _send_signed(self, fn: Any, value: int, gas: int | None = None) -> tuple[Any, Any]:
+        """Sign and send; returns the hash, and the receipt when the node mined it on the spot.
+
+        With a gas limit given, the transaction is built here from the
+        calldata (``CallEncoder``) rather than by web3, which would also
+        normalize every argument again.
+        """
         if self._nonce is None:
             self._nonce = int(self.w3.eth.get_transaction_count(self.account, "pending"))
         if self._chain_id is None:
             self._chain_id = int(self.w3.eth.chain_id)
-        options = {"from": self.account, "value": value, "nonce": self._nonce, "chainId": self._chain_id,
-                   **self._fee_fields()}  # fmt: skip
-        if gas is not None:
-            options["gas"] = gas
-        tx = fn.build_transaction(options)
+        options: dict[str, Any] = {"value": value, "nonce": self._nonce, "chainId": self._chain_id,
+                                   **self._fee_fields()}  # fmt: skip
+        if gas is not None and self._calls.knows(fn.fn_name):
+            if "maxFeePerGas" not in options:
+                options["gasPrice"] = self.gas_price()
+            tx = {**options, "to": self.address, "gas": gas, "data": self._calls.encode(fn.fn_name, fn.args)}
+        else:
+            tx = fn.build_transaction({**options, "from": self.account, **({} if gas is None else {"gas": gas})})
         signed = self.w3.eth.account.sign_transaction(tx, self._key.reveal())  # type: ignore[union-attr]
-        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        receipt = None if self.rpc is None else self.rpc.send_and_mine(bytes(signed.raw_transaction))
+        tx_hash = signed.hash if receipt is not None else self.w3.eth.send_raw_transaction(signed.raw_transaction)
         self._nonce += 1
-        return tx_hash
+        return tx_hash, receipt
 
     def _fee_fields(self) -> dict[str, int]:
         """EIP-1559 fees as web3 would set them (twice the base fee plus the tip), asked once per FEES_TTL.
@@ -467,7 +478,8 @@ class EventFollower:
 
     def poll(self) -> list[MarketEvent]:
         with self.market._guard():
-            logs = self._filter.get_new_entries()
+            rpc = self.market.rpc
+            logs = self._filter.get_new_entries() if rpc is None else rpc.new_logs(self._filter.filter_id)
         return self.market.decode_logs(list(logs))
 
     def close(self) -> None:

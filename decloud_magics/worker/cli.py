@@ -80,7 +80,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         slots=args.slots,
     )
     worker = Worker(conn.market, conn.store, channel=conn.channel, policy=policy, name=f"pid{os.getpid()}",
-                    share=share, wake=conn.wake)  # fmt: skip
+                    share=share, wake=conn.wake, blocks_pushed=conn.blocks_pushed)  # fmt: skip
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -129,6 +129,7 @@ class Worker:
         stagger: Callable[[int], float] | None = None,
         board: TaskBoard | None = None,
         share: Share | None = None,
+        blocks_pushed: Callable[[], bool] | None = None,
     ) -> None:
         self.market = market
         self.store = store
@@ -144,6 +145,9 @@ class Worker:
         # for every claim, and the others step in only if the first one is slow.
         self.board = board
         self.share = share
+        # whether the node pushes new blocks to everyone (``Connection.blocks_pushed``): then
+        # the requester learns of a settlement from the chain, and needs no "settled" hint
+        self.blocks_pushed = blocks_pushed or (lambda: False)
         if stagger is None and share is not None:
             stagger = lambda task_id: 0.0 if share.owns(task_id) else share.steal_after
         self.stagger = stagger or (lambda task_id: 0.0)
@@ -440,8 +444,9 @@ class Worker:
         else:
             self.completed += 1
             log.info("worker %s completed task %d -> %s", self.name, task_id, settlement.cid)
-        # the requester's client looks at the chain at once rather than at its next poll
-        self.channel.publish(task_id, "settled", {"worker": self.market.account})
+        if not self.blocks_pushed():
+            # the requester's client looks at the chain at once rather than at its next poll
+            self.channel.publish(task_id, "settled", {"worker": self.market.account})
 
     def on_failure(self, offer: TaskOffer, exc: BaseException) -> None:
         """Something outside the task broke (store down, bad package): give the seat back."""

@@ -289,6 +289,7 @@ def test_get_refuses_bytes_that_do_not_match(fake: tuple[str, _Script]) -> None:
     script.responses = [(200, b"tampered")]
     with pytest.raises(IntegrityError, match="do not match"):
         KuboStore(url).get(cid_for(b"original"))
+    assert script.requests[0][0].startswith("/api/v0/block/get?")  # one raw block: no UnixFS reader
 
 
 def test_server_faults_are_retried(fake: tuple[str, _Script]) -> None:

@@ -29,7 +29,7 @@ from ..buffers import Pieces, as_views
 from ..errors import ContentNotFound, IntegrityError, NetworkUnreachable, StoreError
 from ..sessions import node_session
 from .base import verify
-from .cid import cid_for, parse_cid
+from .cid import RAW, cid_for, parse_cid
 from .unixfs import CHUNK_SIZE
 
 if TYPE_CHECKING:
@@ -125,7 +125,13 @@ class KuboStore:
         """The content for ``cid`` from the node, re-hashed here when the CID allows it."""
         import requests
 
-        parse_cid(cid)
+        parsed = parse_cid(cid)
+        if parsed.version == 1 and parsed.codec == RAW:
+            # One raw block: ``block/get`` skips the node's UnixFS reader, which on js-ipfs
+            # is 0.6 of the 1.6 ms a small task's package takes to fetch.
+            data = self._call("block/get", {"arg": cid}, what=f"return {cid}", lookup=self.timeout).content
+            verify(cid, data)  # IntegrityError when the bytes are not the CID's
+            return data
         resp = self._call("cat", {"arg": cid}, stream=True, what=f"return {cid}", lookup=self.timeout)
         try:
             # Joined once at the end: growing a bytearray and converting it would copy twice.

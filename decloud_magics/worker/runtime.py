@@ -44,17 +44,18 @@ _CONFINED_NOTE = (
 )
 
 
-def main(config_json: str | None = None) -> None:
+def main(config_json: str | None = None, config_fd: int = 0) -> None:
     """Run one task as described by the parent's JSON config; never returns.
 
-    Without an argument the config comes on stdin: the process was started
+    Without ``config_json`` the config comes on ``config_fd`` (stdin, or the
+    config pipe of a process forked by the zygote): the process was started
     ahead of its task (a warm spare) and waits there, the interpreter up and
     this module imported, until the parent hands it a task.
     """
     global _MAIN_PID
     if len(sys.argv) > 2:
         _join_cgroup(sys.argv[2])
-    config = json.loads(config_json if config_json is not None else _read_config())
+    config = json.loads(config_json if config_json is not None else _read_config(config_fd))
     _enter_sandbox(config)
     started = time.perf_counter()
     main_pid = _MAIN_PID = os.getpid()
@@ -88,21 +89,24 @@ def main(config_json: str | None = None) -> None:
     os._exit(status)  # without waiting for threads the cell left running
 
 
-def _read_config() -> str:
-    """The parent's config, one line on stdin; then stdin is emptied, as for a cold start.
+def _read_config(fd: int = 0) -> str:
+    """The parent's config, one line on ``fd``; then that pipe is closed (stdin emptied, as for a cold start).
 
-    A line, not the end of stdin: a process the worker forked may hold a copy
-    of the pipe's write end, and the end of stdin would then never come.
+    A line, not the end of the pipe: a process the worker forked may hold a copy
+    of the pipe's write end, and the end would then never come.
     """
     chunks = [b""]
     while not chunks[-1].endswith(b"\n"):
-        chunk = os.read(0, 65536)
+        chunk = os.read(fd, 65536)
         if not chunk:
             raise SystemExit("the worker went away before it sent the task")
         chunks.append(chunk)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)  # the cell reads EOF, and its subprocesses do not hold our pipe
-    os.close(null)
+    if fd == 0:
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)  # the cell reads EOF, and its subprocesses do not hold our pipe
+        os.close(null)
+    else:
+        os.close(fd)
     return b"".join(chunks).decode("utf-8")
 
 

@@ -5,11 +5,13 @@ eat all memory, fill the disk, fork without end, read the environment or call
 ``os._exit``. The worker must survive all of that and still settle the task,
 so the cell never runs in the worker's own interpreter. Each run gets:
 
-- a new session (``start_new_session``), so one ``killpg`` reaches everything
-  it started; and, when ``unshare`` works (probed once), user + PID + mount
-  namespaces with their own ``/proc``, so even a child that left the process
-  group dies with the sandbox and the worker's processes are invisible, plus a
-  network namespace without interfaces unless ``SandboxLimits.network``;
+- a new session, so one kill reaches everything it started; and, when
+  ``unshare`` works (probed once), user + PID + mount namespaces with their
+  own ``/proc``, so even a child that left the process group dies with the
+  sandbox and the worker's processes are invisible, plus a network namespace
+  without interfaces unless ``SandboxLimits.network``. The process is forked
+  from a zygote that never runs a cell, or exec'd where that cannot serve
+  (``launch.py``);
 - limits (address space, CPU seconds, file size) that the child sets before it
   reads a task byte, and a pids cgroup when one can be created: RLIMIT_NPROC
   counts every process of the uid and does not bind root at all, so without
@@ -23,8 +25,8 @@ so the cell never runs in the worker's own interpreter. Each run gets:
 
 ``run_in_sandbox`` always returns result bytes: timeouts, limits and crashes
 become a ``failure`` sentence. The process usually comes warm (``spares.py``):
-started ahead, interpreter up and runtime imported, waiting on its stdin for
-the config; it still runs this one task only.
+started ahead, runtime imported, waiting for the config; it still runs this
+one task only.
 """
 
 from __future__ import annotations
@@ -34,23 +36,20 @@ import os
 import selectors
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from subprocess import Popen
 
 from ..buffers import BytesLike
 from ..errors import DecloudError
 from ..package import ResultPackage, decode_result, encode_result
 from ..processes import pid_alive
-from . import cgroups
-from .bytecode import compile_package
+from . import cgroups, launch
 from .landlock import task_rules
-from .spares import REFILL_DELAY, Key, Process, SparePool, close_at_exit
+from .spares import REFILL_DELAY, Process, SparePool, TaskProc, close_at_exit
 
 __all__ = ["SandboxLimits", "network_isolation_available", "prewarm", "run_in_sandbox", "shutdown_spares"]
 
@@ -58,20 +57,8 @@ log = logging.getLogger(__name__)
 LineSink = Callable[[str], None]
 
 MB = 1024 * 1024
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_DIR = launch.PACKAGE_DIR
 _KILL_GRACE = 5.0  # seconds to drain pipes after a kill before giving up on them
-# The bootstrap registers decloud_magics without running its __init__, which
-# loads the notebook glue: the sandbox needs only the formats and the runtime.
-# The config comes later, on stdin, so the same process can be started ahead of its task;
-# the cgroup it joins meanwhile, if any, is its second argument.
-_BOOT = (
-    "import sys,types;p=types.ModuleType('decloud_magics');p.__path__=[sys.argv[1]];"
-    "sys.modules['decloud_magics']=p;from decloud_magics.worker.runtime import main;main()"
-)
-_UNSHARE = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child", "--mount-proc"]
-# If the worker itself dies, the kernel kills the sandbox too (and unshare's --kill-child the rest).
-_SETPRIV = ["setpriv", "--pdeathsig", "KILL", "--"]
-_UNSHARE_SIGKILL = b"unshare: sigprocmask unblock failed: Invalid argument\n"
 
 
 @dataclass(frozen=True)
@@ -85,7 +72,7 @@ class SandboxLimits:
     cpu_seconds: int | None = None
     memory_mb: int | None = 4096
     file_size_mb: int | None = 1024
-    max_processes: int | None = 64
+    max_processes: int | None = launch.DEFAULT_MAX_PROCESSES
     stdout_cap_bytes: int = 1 * MB
     stderr_cap_bytes: int = 1 * MB
     max_output_mb: int = 1024
@@ -119,7 +106,7 @@ def run_in_sandbox(
     limits = limits or SandboxLimits()
     started = time.monotonic()
     _sweep_leftovers()
-    isolated = _unshare_works(python, limits.network)
+    isolated = launch.unshare_works(python, limits.network)
     refill_delay = 0.0 if queued else REFILL_DELAY
     child = _spares.take((python, limits.network), limits.threads, refill_delay=refill_delay)
     run: _Run | None = None
@@ -128,17 +115,17 @@ def run_in_sandbox(
             child.discard()  # it died between the check and the config: start one now
             child = None
         if child is None:
-            child = _start((python, limits.network), limits.threads)
+            child = launch.start((python, limits.network), limits.threads)
             child.hand_over(task_bytes, _config(limits, child))  # if it died already, the run says so
         _spares.count(child.warm)
         cgroup = child.cgroup
         run = _Run(child.proc, child.result_fd, limits, on_stdout, cgroup)
         run.supervise(timeout, cancel)  # the timeout counts from the config, not from when the spare started
         run.wall = time.monotonic() - started
-        if isolated and run.returncode == 1 and run.stderr.head.endswith(_UNSHARE_SIGKILL):
+        if isolated and run.returncode == 1 and run.stderr.head.endswith(launch.UNSHARE_SIGKILL):
             # unshare re-raises the child's death signal on itself, which fails for
             # SIGKILL (util-linux 2.38) and ends in "exit 1" plus this line.
-            del run.stderr.head[-len(_UNSHARE_SIGKILL) :]
+            del run.stderr.head[-len(launch.UNSHARE_SIGKILL) :]
             run.returncode = -signal.SIGKILL
         run.process_limit_hit = cgroup is not None and cgroups.limit_hit(cgroup)
         return _assemble(run, limits, timeout, isolated, cgroup is not None)
@@ -158,7 +145,7 @@ def run_in_sandbox(
 
 def network_isolation_available(python: str = sys.executable) -> bool:
     """Whether this machine can cut a sandbox off the network (``unshare`` works); probed once."""
-    return _unshare_works(python, network=False)
+    return launch.unshare_works(python, network=False)
 
 
 def prewarm(python: str = sys.executable, network: bool = False) -> None:
@@ -169,40 +156,6 @@ def prewarm(python: str = sys.executable, network: bool = False) -> None:
 def shutdown_spares() -> None:
     """Kill the waiting spare processes (done at interpreter exit anyway); later runs start new ones."""
     _spares.close()
-
-
-def _start(key: Key, threads: int) -> Process:
-    """Start a sandbox process up to the point where it waits for its config on stdin."""
-    python, network = key
-    isolated = _unshare_works(python, network)
-    compile_package(_PACKAGE_DIR, python)  # once per worker: no sandbox compiles the runtime again
-    scratch = tempfile.mkdtemp(prefix=f"decloud-task-{os.getpid()}-")
-    cgroup = cgroups.make(SandboxLimits().max_processes)  # joined while the process waits for its task
-    # Not -I: it implies -E, which would drop PYTHONHASHSEED, and equal hashing
-    # is what makes honest workers print sets identically. The environment is
-    # ours anyway, and sets the rest of -I (no user site, no cwd on sys.path).
-    argv = [python, "-u", "-c", _BOOT, _PACKAGE_DIR, *([cgroups.procs_file(cgroup)] if cgroup else [])]
-    if isolated:
-        argv = [*_UNSHARE, *([] if network else ["--net"]), *argv]
-    if _command_works((*_SETPRIV, python, "-c", "pass")):
-        argv = [*_SETPRIV, *argv]
-    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    try:
-        read_fd, write_fd = os.pipe()
-        try:
-            env = _environment(scratch, threads)
-            proc = Popen(argv, cwd=scratch, env=env, pass_fds=(write_fd,), start_new_session=True, **pipes)  # type: ignore[call-overload]
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if cgroup is not None:
-            cgroups.remove(cgroup)
-        raise
-    return Process(proc, scratch, read_fd, write_fd, threads, cgroup=cgroup)
 
 
 def _config(limits: SandboxLimits, child: Process) -> dict[str, object]:
@@ -222,20 +175,6 @@ def _config(limits: SandboxLimits, child: Process) -> dict[str, object]:
         "file_size_mb": limits.file_size_mb,
         "max_output_bytes": limits.max_output_mb * MB,
     }
-
-
-def _environment(scratch: str, threads: int) -> dict[str, str]:
-    """The whole environment of the cell: an allowlist, nothing inherited but PATH."""
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-    env = dict.fromkeys(names, str(max(1, threads)))
-    env.update(
-        dict.fromkeys(("PYTHONNOUSERSITE", "PYTHONSAFEPATH", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE"), "1")
-    )
-    # Arrow's default allocator reserves ~1 GB of address space up front,
-    # which an RLIMIT_AS sized for the data would refuse.
-    env.update(ARROW_DEFAULT_MEMORY_POOL="system", MALLOC_ARENA_MAX="2", MPLBACKEND="Agg", PYTHONHASHSEED="0")
-    env.update(PATH=os.environ.get("PATH") or os.defpath, LANG="C.UTF-8", LC_ALL="C.UTF-8")
-    return {**env, "HOME": scratch, "TMPDIR": scratch}
 
 
 def _rlimits(limits: SandboxLimits, nproc: bool) -> dict[str, tuple[int, int]]:
@@ -305,7 +244,7 @@ class _Run:
 
     def __init__(
         self,
-        proc: Popen[bytes],
+        proc: TaskProc,
         result_fd: int,
         limits: SandboxLimits,
         on_line: LineSink | None,
@@ -339,7 +278,7 @@ class _Run:
                 wait = 0.05 if killed_at is not None else max(0.0, min(deadline - now, 0.25))
                 for key, _ in sel.select(wait):
                     self._read(sel, key.fd)
-                if not exited and _has_exited(self.proc.pid):
+                if not exited and self.proc.exited():
                     exited = True
                     killed_at = self._kill() if killed_at is None else killed_at  # children left behind
         finally:
@@ -347,13 +286,9 @@ class _Run:
             os.close(self.result_fd)
             self.stdout.close()
             self._kill()
-        try:
-            _pid, status, usage = os.wait4(self.proc.pid, 0)
-        except ChildProcessError:  # someone else in the worker reaped it: the status is lost
-            self.proc.returncode = self.returncode = -signal.SIGKILL
-        else:
-            self.proc.returncode = self.returncode = os.waitstatus_to_exitcode(status)
-            self.cpu_seconds = usage.ru_utime + usage.ru_stime  # unshare waited for the cell: included
+        # killed and drained, it ends at once; its status and CPU time (the cell's included)
+        ended = self.proc.reap(timeout=_KILL_GRACE + 10)
+        self.returncode, self.cpu_seconds = ended if ended is not None else (-signal.SIGKILL, 0.0)
         for pipe in (self.proc.stdout, self.proc.stderr):
             pipe.close()  # type: ignore[union-attr]
 
@@ -372,21 +307,10 @@ class _Run:
             self.result += chunk
 
     def _kill(self) -> float:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        self.proc.kill_all()
         if self.cgroup is not None:  # reaches children that left the group when there is no PID namespace
             cgroups.kill_all(self.cgroup)
         return time.monotonic()
-
-
-def _has_exited(pid: int) -> bool:
-    """Exited but not reaped, so the pid (our process group's id) stays ours while we kill stragglers."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
 
 
 def _assemble(
@@ -447,37 +371,10 @@ def _failure(
 
 # -- isolation that depends on the machine -------------------------------------------
 
-_spares = SparePool(_start)
-close_at_exit(_spares)
+_spares = SparePool(launch.start)
+close_at_exit(_spares, launch.close_fork_servers)
 _probe_lock = threading.Lock()
-_unshare_cache: dict[tuple[str, bool], bool] = {}
-_command_cache: dict[tuple[str, ...], bool] = {}
 _swept: list[bool] = []
-
-
-def _unshare_works(python: str, network: bool) -> bool:
-    """Whether namespaces work here (kernels and containers may forbid them); asked once per setup."""
-    key = (python, network)
-    if key not in _unshare_cache:
-        _unshare_cache[key] = _command_works(
-            (*_UNSHARE, *([] if network else ["--net"]), python, "-c", "pass")
-        )
-        if not _unshare_cache[key]:
-            log.warning("network isolation unavailable: `unshare` fails here, so sandboxes share the network")
-    return _unshare_cache[key]
-
-
-def _command_works(argv: tuple[str, ...]) -> bool:
-    """Whether a wrapper command runs here; probed once per process."""
-    with _probe_lock:
-        if argv not in _command_cache:
-            quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-            try:
-                done = subprocess.run(argv, **quiet, timeout=20, cwd="/", check=False)  # type: ignore[call-overload]
-                _command_cache[argv] = shutil.which(argv[0]) is not None and done.returncode == 0
-            except (OSError, subprocess.SubprocessError):
-                _command_cache[argv] = False
-        return _command_cache[argv]
 
 
 def _sweep_leftovers() -> None:

@@ -1,11 +1,13 @@
 """Warm spares: sandbox processes started ahead of their task.
 
-Starting the interpreter and importing the runtime takes a good part of a
-short task's time. So, for each kind of sandbox (python, network), one
-process is started in advance with its own scratch dir and waits on its stdin
-for a config. A run takes it, hands it the task, and a new spare is started
-behind it. Each process still runs one task and exits: nothing a cell does
-can reach the next one.
+A sandbox process needs its namespaces, its pids cgroup (joining one waits
+for an RCU grace period) and, when exec'd, an interpreter and the runtime's
+imports before it can take a task (``launch.py``). So, for each kind of
+sandbox (python, network), one process is started in advance with its own
+scratch dir and waits for a config (on its stdin, or its config pipe when
+forked by the zygote). A run takes it, hands it the task, and a new spare is
+started behind it. Each process still runs one task and exits: nothing a
+cell does can reach the next one.
 
 The next spare is started when the run that took the last one has ended (or
 after ``REFILL_DELAY`` if it runs long): started at once, it would compete for
@@ -14,7 +16,8 @@ laptop or a small worker.
 
 Spares are started from one long-lived thread because the sandbox's
 ``--pdeathsig`` fires when the *thread* that started it ends, not the
-process: a spare started from a short-lived thread would die with that thread.
+process: a spare started from a short-lived thread would die with that thread
+(the zygote has a thread of its own for the same reason).
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from subprocess import Popen
+from typing import IO, Protocol
 
 from ..buffers import BytesLike
 from . import cgroups
@@ -47,11 +50,60 @@ MAX_WAIT = 5.0
 Key = tuple[str, bool]  # (python, network): what decides how a sandbox process is started
 
 
+class TaskProc(Protocol):
+    """A sandbox process, started by exec (``SpawnedProc``) or forked by the zygote (``ForkedProc``)."""
+
+    pid: int
+    stdin: IO[bytes] | None
+    stdout: IO[bytes] | None
+    stderr: IO[bytes] | None
+    returncode: int | None
+
+    def exited(self) -> bool: ...
+
+    def kill_all(self) -> None: ...
+
+    def reap(self, timeout: float | None = None) -> tuple[int, float] | None: ...
+
+
+class SpawnedProc(Popen):  # type: ignore[type-arg]
+    """A sandbox process started by exec: the worker's own child, leader of its own process group."""
+
+    def exited(self) -> bool:
+        """Ended but not reaped, so its pid (our process group's id) stays ours while stragglers are killed."""
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def kill_all(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def reap(self, timeout: float | None = None) -> tuple[int, float] | None:
+        """``(exit code, CPU seconds of it and what it waited for)``; None if ``timeout`` came first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                pid, status, usage = os.wait4(self.pid, 0 if deadline is None else os.WNOHANG)
+            except ChildProcessError:  # someone else in the worker reaped it: the status is lost
+                self.returncode = -signal.SIGKILL
+                return self.returncode, 0.0
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                return self.returncode, usage.ru_utime + usage.ru_stime
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+
+
 @dataclass(eq=False)
 class Process:
-    """A sandbox process that has not been given its task yet (its stdin is still open)."""
+    """A sandbox process that has not been given its task yet (its stdin, or config pipe, is still open)."""
 
-    proc: Popen[bytes]
+    proc: TaskProc
     scratch: str
     result_fd: int  # our read end of the result pipe
     child_fd: int  # the child's write end, by its number in the child
@@ -63,10 +115,7 @@ class Process:
     def usable(self, max_age: float) -> bool:
         if time.monotonic() - self.born > max_age:
             return False
-        try:  # WNOWAIT: a dead one is still reaped by discard()
-            return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
-        except ChildProcessError:
-            return False
+        return not self.proc.exited()  # a dead one is still reaped by discard()
 
     def hand_over(self, task_bytes: BytesLike, config: dict[str, object]) -> bool:
         """Put the task in the scratch dir and send the config; False if the process is already gone.
@@ -88,13 +137,8 @@ class Process:
 
     def discard(self) -> None:
         """Kill it, reap it, and remove its scratch dir (it never got a task, so nothing there matters)."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # unreapable now; the kernel's pdeathsig still covers it
+        self.proc.kill_all()
+        if self.proc.reap(timeout=10) is None:  # unreapable now; the kernel's pdeathsig still covers it
             log.warning("a discarded sandbox spare (pid %d) did not exit", self.proc.pid)
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if pipe is not None:
@@ -212,5 +256,6 @@ class SparePool:
                     unused.discard()
 
 
-def close_at_exit(pool: SparePool) -> None:
-    atexit.register(pool.close, final=True)
+def close_at_exit(pool: SparePool, *then: Callable[[], None]) -> None:
+    """At interpreter exit: kill the spares, then run ``then`` (stopping what made them)."""
+    atexit.register(lambda: [pool.close(final=True), *(f() for f in then)])

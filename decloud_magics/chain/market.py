@@ -479,7 +479,7 @@ class EventFollower:
     def poll(self) -> list[MarketEvent]:
         with self.market._guard():
             rpc = self.market.rpc
-            logs = self._filter.get_new_entries() if rpc is None else rpc.new_logs(self._filter.filter_id)
+            logs = self._filter.get_new_entries() if rpc is None else rpc.new_logs(str(self._filter.filter_id))
         return self.market.decode_logs(list(logs))
 
     def close(self) -> None:

@@ -114,7 +114,7 @@ def _int(value: Any) -> int:
 
 def _bytes(value: Any) -> bytes:
     if isinstance(value, str):
-        return bytes.fromhex(value[2:] if value.startswith("0x") else value)
+        return bytes.fromhex(value.removeprefix("0x"))
     return bytes(value)
 
 

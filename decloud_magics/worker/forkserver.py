@@ -175,7 +175,7 @@ class ForkServer:
             argv = [*self._argv, str(theirs.fileno())]
             self._proc = subprocess.Popen(argv, env=self._env, cwd=self.cwd, pass_fds=(theirs.fileno(),),
                                           stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 (whatever it is, the starter hears of it)
             self._ready.set_exception(exc)
             self._dead.set()
             return

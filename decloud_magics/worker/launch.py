@@ -93,7 +93,7 @@ def _exec(python: str, network: bool, isolated: bool, scratch: str, cgroup: str 
     read_fd, write_fd = os.pipe()
     try:
         env = environment(scratch, threads)
-        proc = SpawnedProc(argv, cwd=scratch, env=env, pass_fds=(write_fd,), start_new_session=True, **pipes)
+        proc = SpawnedProc(argv, cwd=scratch, env=env, pass_fds=(write_fd,), start_new_session=True, **pipes)  # type: ignore[call-overload]
     except BaseException:
         os.close(read_fd)
         raise

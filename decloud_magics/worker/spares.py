@@ -258,4 +258,10 @@ class SparePool:
 
 def close_at_exit(pool: SparePool, *then: Callable[[], None]) -> None:
     """At interpreter exit: kill the spares, then run ``then`` (stopping what made them)."""
-    atexit.register(lambda: [pool.close(final=True), *(f() for f in then)])
+
+    def close_all() -> None:
+        pool.close(final=True)
+        for stop in then:
+            stop()
+
+    atexit.register(close_all)

@@ -57,11 +57,11 @@ def main(control_fd: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     _send(control, {"ready": os.getpid(), "namespaces": _namespaces_work(libc)})
     while True:
-        readable, _, _ = select.select([control, wake_r], [], [])
+        readable, _, _ = select.select([control.fileno(), wake_r], [], [])
         if wake_r in readable:
             os.read(wake_r, 4096)
         _report_exits(control)
-        if control in readable:
+        if control.fileno() in readable:
             message, fds, _flags, _addr = socket.recv_fds(control, 65536, 8)
             if not message:
                 return  # the worker is gone: its sandbox processes die with us (pdeathsig)
@@ -112,7 +112,7 @@ def _fork_one(control: socket.socket, libc: Any, request: dict[str, Any], fds: l
             for fd in own:
                 os.close(fd)
             _become_task(libc, request, fds, zygote)
-        except BaseException as exc:  # said on the task's stderr, which the run reports
+        except BaseException as exc:  # noqa: BLE001 (said on the task's stderr, which the run reports)
             with contextlib.suppress(OSError):
                 os.write(2 if len(fds) < 2 else fds[1], f"The sandbox process could not start: {exc}\n".encode())
         finally:

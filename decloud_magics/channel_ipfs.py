@@ -10,7 +10,8 @@ matter come from contract events, results from the store, checked against the
 digest the chain recorded). Anyone who reaches the topic can publish anything,
 so a received message is untrusted input: size-capped, checked for shape,
 reduced to a flat dict of plain values, used for nothing but what a panel
-shows. A lost or forged message changes a panel, never what a run returns.
+shows; one that names a worker must carry that worker's signature
+(``channel_signing.py``). A lost message changes a panel, never what a run returns.
 
 On the wire (Kubo >= 0.11 and js-ipfs 0.66 alike; checked on js-ipfs 0.66.1):
 the topic goes in ``arg`` as multibase ``u`` + unpadded base64url (js-ipfs
@@ -46,6 +47,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .channel import Listener
+from .channel_signing import sign_message, signed_by
 from .sessions import node_session
 from .store.kubo import _http_url
 from .untrusted import loads_json
@@ -53,10 +55,13 @@ from .untrusted import loads_json
 if TYPE_CHECKING:
     import requests
 
+    from .keys import PrivateKey
+
 log = logging.getLogger("decloud.channel")
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 16 * 1024  # a panel line, not a payload
+_SIGNATURE_BYTES = 150  # ,"sig":"0x<65 bytes in hex>"
 _MAX_KIND = 32
 _MAX_KEYS = 16
 
@@ -152,6 +157,8 @@ class IpfsPubsubChannel:
     the chain). ``queue_size`` is how far a worker may get ahead of the node
     before messages are dropped; a subscription silent for ``idle_timeout`` is
     opened afresh, so a node that vanished without closing it is noticed.
+    ``signer`` is the key of the worker (or client) whose messages name it: they
+    go out signed, as subscribers drop every message naming a worker unsigned.
     """
 
     def __init__(
@@ -165,8 +172,10 @@ class IpfsPubsubChannel:
         publish_timeout: float = 5.0,
         idle_timeout: float = 300.0,
         backoff: tuple[float, float] = (0.25, 5.0),
+        signer: PrivateKey | None = None,
     ) -> None:
         self.api_url = _http_url(api_url)
+        self._signer = signer
         self._topic_source = topic
         self._topic: str | None = topic if isinstance(topic, str) else None
         self.max_message_bytes = int(max_message_bytes)
@@ -177,7 +186,8 @@ class IpfsPubsubChannel:
         self.counts = {"published": 0, "unheard": 0, "dropped": 0, "received": 0, "rejected": 0}
         self._lock = threading.Lock()
         self._warned: set[str] = set()
-        self._outbox: queue.Queue[bytes] = queue.Queue(maxsize=max(1, int(queue_size)))
+        # (message, whether to sign it): signed in the publisher's thread, never the worker's
+        self._outbox: queue.Queue[tuple[bytes, bool]] = queue.Queue(maxsize=max(1, int(queue_size)))
         self._publisher: threading.Thread | None = None
         self._closed = threading.Event()
         self._listeners: list[Listener] = []
@@ -191,12 +201,13 @@ class IpfsPubsubChannel:
     def publish(self, task_id: int, kind: str, data: dict[str, Any]) -> None:
         """Queue one message and return at once; never raises, drops when the queue is full."""
         try:
-            body = encode_message(task_id, kind, data, self.max_message_bytes)
+            sign = self._signer is not None and "worker" in data
+            body = encode_message(task_id, kind, data, self.max_message_bytes - (_SIGNATURE_BYTES if sign else 0))
             if body is None or self._closed.is_set():
                 self._count("dropped")
                 return
             self._start_publisher()
-            self._outbox.put_nowait(body)
+            self._outbox.put_nowait((body, sign))
         except queue.Full:
             self._count("dropped")
             self._outage("full", True, "live channel: more messages than the IPFS node at %s takes; "
@@ -263,13 +274,15 @@ class IpfsPubsubChannel:
         backoff, retry_at = self.min_backoff, 0.0
         while not self._closed.is_set():
             try:
-                body = self._outbox.get(timeout=0.5)
+                body, sign = self._outbox.get(timeout=0.5)
             except queue.Empty:
                 continue
             try:
                 if time.monotonic() < retry_at:
                     self._count("dropped")  # the node is down: don't make every message wait for a timeout
                     continue
+                if sign and self._signer is not None:
+                    body = sign_message(body, self.topic, self._signer)
                 heard = self._post_pub(session, body)
             except Exception as exc:  # refused, down, or a chain that would not tell its id yet
                 self._count("dropped")
@@ -389,7 +402,13 @@ class IpfsPubsubChannel:
                 return  # the node's greeting at the start of a stream
             data = outer.get("data") if isinstance(outer, dict) else None
             if isinstance(data, str):
-                message = decode_message(multibase_decode(data), self.max_message_bytes)
+                raw = multibase_decode(data)
+                message = decode_message(raw, self.max_message_bytes)
+                if message is not None and "worker" in message[2]:
+                    # it speaks for a worker: only that worker's signature makes it so
+                    signer = signed_by(raw, self.topic)
+                    if signer is None or signer.lower() != str(message[2]["worker"]).lower():
+                        message = None
         except (ValueError, RecursionError):
             pass
         if message is None:

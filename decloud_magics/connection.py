@@ -158,7 +158,7 @@ def connect_rpc(config: NetworkConfig, key: PrivateKey | None, wake: threading.E
             with market.lock:
                 return market_topic(w3.eth.chain_id, contract)
 
-        channel = IpfsPubsubChannel(store.api_url, topic() if chain_id else topic)
+        channel = IpfsPubsubChannel(store.api_url, topic() if chain_id else topic, signer=key)
     wake = wake or threading.Event()
     return Connection(
         config=config,

@@ -35,9 +35,14 @@ from decloud_magics.channel_ipfs import (
     multibase_encode,
     pubsub_available,
 )
+from decloud_magics.channel_signing import sign_message, signed_by
 from decloud_magics.devnet.ipfs_node import IpfsNode
+from decloud_magics.keys import PrivateKey
 
 WAIT = 30.0  # seconds any single delivery may take before a test gives up
+W_KEY = PrivateKey("0x" + "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d", "a test")
+W = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"  # W_KEY's address
+M_KEY = PrivateKey("0x" + "5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a", "a test")
 
 Message = tuple[int, str, dict[str, Any]]
 
@@ -192,8 +197,8 @@ def raw_publish(api_url: str, topic: str, payload: bytes) -> None:
 
 @pytest.fixture
 def pair(node: IpfsNode, topic: str) -> Iterator[tuple[IpfsPubsubChannel, IpfsPubsubChannel]]:
-    """A worker's channel and a client's, on one topic of the module's node."""
-    publisher = IpfsPubsubChannel(node.api_url, topic)
+    """A worker's channel (signing as ``W``) and a client's, on one topic of the module's node."""
+    publisher = IpfsPubsubChannel(node.api_url, topic, signer=W_KEY)
     subscriber = IpfsPubsubChannel(node.api_url, topic)
     yield publisher, subscriber
     publisher.close()
@@ -212,13 +217,13 @@ def test_publish_and_subscribe_round_trip_in_order(pair: tuple[IpfsPubsubChannel
     subscriber.subscribe(inbox)
     assert subscriber.wait_subscribed(WAIT)
     until_heard(publisher, inbox)
-    publisher.publish(41, "running", {"worker": "0xW"})
+    publisher.publish(41, "running", {"worker": W})
     for i in range(20):
-        publisher.publish(41, "stdout", {"line": f"line {i}", "worker": "0xW"})
+        publisher.publish(41, "stdout", {"line": f"line {i}", "worker": W})
     publisher.publish(42, "note", {"message": "gave the task back"})
     got = inbox.take(22)
-    assert got[0] == (41, "running", {"worker": "0xW"})
-    assert got[1:21] == [(41, "stdout", {"line": f"line {i}", "worker": "0xW"}) for i in range(20)]
+    assert got[0] == (41, "running", {"worker": W})
+    assert got[1:21] == [(41, "stdout", {"line": f"line {i}", "worker": W}) for i in range(20)]
     assert got[21] == (42, "note", {"message": "gave the task back"})
     assert publisher.flush(WAIT) and publisher.counts["dropped"] == 0
 
@@ -406,3 +411,43 @@ def test_a_node_that_does_not_answer_yet_keeps_the_channel(caplog: pytest.LogCap
     conn.channel.publish(1, "running", {})  # and a dead node never raises into the worker
     assert conn.channel.flush(WAIT)
     conn.channel.close()
+
+
+def test_a_signature_names_its_signer_for_one_topic_and_one_message() -> None:
+    body = encode_message(7, "stdout", {"line": "hello", "worker": W})
+    assert body is not None
+    signed = sign_message(body, "decloud/1/0xm/live", W_KEY)
+    assert decode_message(signed) == (7, "stdout", {"line": "hello", "worker": W})
+    assert signed_by(signed, "decloud/1/0xm/live") == W
+    assert signed_by(signed, "decloud/2/0xm/live") is None or signed_by(signed, "decloud/2/0xm/live") != W
+    assert signed_by(body, "decloud/1/0xm/live") is None  # unsigned
+    forged = signed.replace(b"hello", b"HELLO")
+    assert signed_by(forged, "decloud/1/0xm/live") != W
+    assert signed_by(signed[:-3] + b'zz"}', "decloud/1/0xm/live") is None
+
+
+@pytest.mark.devnet
+def test_messages_that_speak_for_a_worker_unsigned_or_signed_by_another_are_dropped(
+    node: IpfsNode, topic: str, pair: tuple[IpfsPubsubChannel, IpfsPubsubChannel]
+) -> None:
+    publisher, subscriber = pair
+    inbox = Inbox()
+    subscriber.subscribe(inbox)
+    until_heard(publisher, inbox)
+    rejected = subscriber.counts["rejected"]
+    impostor = IpfsPubsubChannel(node.api_url, topic, signer=M_KEY)  # signs as M, claims to be W
+    unsigned = IpfsPubsubChannel(node.api_url, topic)
+    try:
+        impostor.publish(5, "stdout", {"line": "fake", "worker": W})
+        unsigned.publish(5, "stdout", {"line": "fake too", "worker": W})
+        assert impostor.flush(WAIT) and unsigned.flush(WAIT)
+        publisher.publish(5, "stdout", {"line": "real", "worker": W})
+        publisher.publish(5, "note", {"message": "names nobody: no signature needed"})
+        assert inbox.take(2) == [
+            (5, "stdout", {"line": "real", "worker": W}),
+            (5, "note", {"message": "names nobody: no signature needed"}),
+        ]
+        assert subscriber.counts["rejected"] == rejected + 2
+    finally:
+        impostor.close()
+        unsigned.close()

@@ -709,3 +709,23 @@ def test_both_ways_of_starting_give_the_same_sandbox(start: str, monkeypatch: py
     assert raised.exit_status == 1 and raised.error is not None and raised.error.ename == "ValueError"
     assert run_warm("while True:\n    pass", timeout=2).failure == "The task was killed after its 2 s wall-clock timeout."
     sandbox_module.shutdown_spares()
+
+
+def test_a_spare_confined_before_the_worker_hid_more_is_not_used() -> None:
+    """A forked spare confines its files while it waits; hiding a path later makes it stale."""
+    from decloud_magics.worker import landlock
+
+    # outside every folder a task never sees (the temp dir, home, the working folder)
+    secret = Path("/var/tmp") / f"decloud-test-{uuid.uuid4().hex}.txt"
+    secret.write_text("for the worker only")
+    try:
+        stale = spare_ready()
+        landlock.hide_from_tasks(str(secret))
+        code = f"try:\n    seen = open({str(secret)!r}).read()\nexcept OSError as exc:\n    seen = type(exc).__name__\n"
+        seen = decode_values(run(code), trust_pickle=False)["seen"]
+    finally:
+        secret.unlink()
+    if landlock.abi_version() < 1:
+        pytest.skip("THIS KERNEL HAS NO LANDLOCK (Linux 5.13+): tasks can reach the worker's files here")
+    assert seen == "PermissionError"
+    assert stale.proc.returncode is not None and not Path(stale.scratch).exists()  # discarded, not used

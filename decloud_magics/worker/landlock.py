@@ -9,8 +9,10 @@ sandbox drop that access before it reads a task byte:
 
 * everything is readable and executable, except the *hidden* paths (the
   worker's home, ``DECLOUD_HOME``, the key file, the folder that holds every
-  task's scratch dir, ``/dev``), which are pierced again only where Python
-  needs them (its installation, decloud's package, ``sys.path``);
+  task's scratch dir, ``/dev``, and for a worker running as root what only
+  root reads: ``/etc/shadow``, sudoers, SSH host keys...), which are pierced
+  again only where Python needs them (its installation, decloud's package,
+  ``sys.path``);
 * writes go only to the task's own scratch dir and ``/dev/shm``;
 * a few devices (``/dev/null``, ``/dev/urandom``...) can be read and written.
 
@@ -47,6 +49,11 @@ _PR_SET_NO_NEW_PRIVS = 38
 _RULE_PATH_BENEATH = 1
 _CREATE_RULESET_VERSION = 1
 _SYSTEM = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc")
+#: What only root may read on a usual system: hidden from the tasks of a worker that runs as root,
+#: which the user namespace maps to root (an unprivileged worker's tasks cannot read them anyway).
+_ROOT_SECRETS = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers", "/etc/sudoers.d",
+                 "/etc/ssh/ssh_host_rsa_key", "/etc/ssh/ssh_host_ecdsa_key", "/etc/ssh/ssh_host_ed25519_key",
+                 "/etc/ssl/private", "/root", "/var/lib/sudo")  # fmt: skip
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 
@@ -103,11 +110,18 @@ def _shared_rules(hidden: frozenset[str], pierced: tuple[str, ...]) -> tuple[tup
 
 _hidden_extra: set[str] = set()
 _warned: list[bool] = []
+_generation = [0]  # counts the changes to what is hidden
 
 
 def hide_from_tasks(path: str) -> None:
     """Keep ``path`` out of every task's reach from now on (the worker's key file, say)."""
     _hidden_extra.add(os.path.realpath(path))
+    _generation[0] += 1
+
+
+def generation() -> int:
+    """Changes whenever ``hide_from_tasks`` does: a process confined before is confined too little."""
+    return _generation[0]
 
 
 def task_rules(scratch: str, package_dir: str) -> list[tuple[str, str]]:
@@ -127,6 +141,8 @@ def task_rules(scratch: str, package_dir: str) -> list[tuple[str, str]]:
     # ...but never a folder that holds the system (a service whose home or cwd is "/")
     real = {os.path.realpath(h) for h in wanted}
     hidden = {h for h in real if not any(_within(h, system) for system in _SYSTEM)}
+    if os.geteuid() == 0:
+        hidden |= {path for path in _ROOT_SECRETS if os.path.lexists(path)}
     # What the sandbox's Python reads: its installation, its sys.path (not the worker's
     # script folder or cwd, which a sandbox never puts on sys.path), and decloud itself.
     pierced = [sys.prefix, sys.base_prefix, sys.exec_prefix, package_dir, *(p for p in sys.path[1:] if p)]

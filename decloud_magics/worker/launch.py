@@ -24,7 +24,9 @@ import subprocess
 import tempfile
 import threading
 
-from . import cgroups, forkserver, zygote
+import json
+
+from . import cgroups, forkserver, landlock, zygote
 from .bytecode import compile_package
 from .spares import Key, Process, SpawnedProc
 
@@ -67,9 +69,14 @@ def start(key: Key, threads: int) -> Process:
         server = _fork_server(python) if isolated else None
         if server is not None:
             try:
+                # a forked process confines its files while it waits: the rules go in a file it reads first
+                generation = landlock.generation()
+                with open(os.path.join(scratch, zygote.RULES_FILE), "w") as fh:
+                    json.dump(landlock.task_rules(scratch, PACKAGE_DIR), fh)
                 procs_file = cgroups.procs_file(cgroup) if cgroup else None
                 proc, result_fd = server.spawn(scratch, environment(scratch, threads), procs_file, network)
-                return Process(proc, scratch, result_fd, zygote.RESULT_FD, threads, cgroup=cgroup)
+                return Process(proc, scratch, result_fd, zygote.RESULT_FD, threads, cgroup=cgroup,
+                               confined_by=generation)  # fmt: skip
             except OSError as exc:  # the zygote died under us: exec this one, a new zygote next time
                 if not _closing:
                     log.warning("the sandbox zygote failed (%s); starting this sandbox process by exec", exc)

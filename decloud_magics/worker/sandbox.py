@@ -47,7 +47,7 @@ from ..buffers import BytesLike
 from ..errors import DecloudError
 from ..package import ResultPackage, decode_result, encode_result
 from ..processes import pid_alive
-from . import cgroups, launch
+from . import cgroups, landlock, launch
 from .landlock import task_rules
 from .spares import REFILL_DELAY, Process, SparePool, TaskProc, close_at_exit
 
@@ -109,6 +109,9 @@ def run_in_sandbox(
     isolated = launch.unshare_works(python, limits.network)
     refill_delay = 0.0 if queued else REFILL_DELAY
     child = _spares.take((python, limits.network), limits.threads, refill_delay=refill_delay)
+    if child is not None and child.confined_by not in (None, landlock.generation()):
+        child.discard()  # confined before the worker hid more (its key file): too little
+        child = None
     run: _Run | None = None
     try:
         if child is not None and not child.hand_over(task_bytes, _config(limits, child)):
@@ -168,7 +171,7 @@ def _config(limits: SandboxLimits, child: Process) -> dict[str, object]:
         except OSError:
             cgroup = None  # gone under us (a sweep of a dead worker's name): fall back to the rlimit
     return {
-        "landlock": task_rules(child.scratch, _PACKAGE_DIR),
+        "landlock": task_rules(child.scratch, _PACKAGE_DIR) if child.confined_by is None else None,
         "rlimits": _rlimits(limits, nproc=cgroup is None),
         "memory_mb": limits.memory_mb,
         "cpu_seconds": limits.cpu_seconds,

@@ -109,6 +109,9 @@ class Process:
     child_fd: int  # the child's write end, by its number in the child
     threads: int
     cgroup: str | None = None  # its pids cgroup, joined while it waits (``cgroups.py``)
+    # the ``landlock.generation()`` of the rules it confined itself with while it waits (a forked
+    # process), or None when it confines itself from its config, once it has its task
+    confined_by: int | None = None
     warm: bool = False
     born: float = field(default_factory=time.monotonic)
 

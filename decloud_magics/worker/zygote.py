@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import select
@@ -35,6 +36,7 @@ import sys
 import tempfile
 from typing import Any
 
+from .runtime import confine_files, rehearse
 from .runtime import main as run_task  # imported once here, so that every fork has it ready
 
 __all__ = ["main"]
@@ -44,6 +46,8 @@ _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 2, 4, 8, 1 << 14, 1 <<
 _PR_SET_PDEATHSIG = 1
 #: Where ``B`` finds its pipes: stdin, stdout, stderr, then the result pipe and the config pipe.
 RESULT_FD, CONFIG_FD = 3, 4
+#: In the scratch dir: the Landlock rules ``B`` confines itself with before it waits for its task.
+RULES_FILE = ".decloud-rules"
 
 
 def main(control_fd: int) -> None:
@@ -55,7 +59,9 @@ def main(control_fd: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the select below
     libc = ctypes.CDLL(None, use_errno=True)
-    _send(control, {"ready": os.getpid(), "namespaces": _namespaces_work(libc)})
+    namespaces = _namespaces_work(libc)
+    gc.freeze()  # what the zygote holds now is never collected in a fork, so never copied by the collector
+    _send(control, {"ready": os.getpid(), "namespaces": namespaces})
     while True:
         readable, _, _ = select.select([control.fileno(), wake_r], [], [])
         if wake_r in readable:
@@ -184,4 +190,9 @@ def _run_task(libc: Any, request: dict[str, Any], fds: list[int]) -> None:
     os.environ.update(request["env"])
     tempfile.tempdir = None  # the zygote's guess must not outlive its environment
     sys.argv = [sys.argv[0]]
+    with open(RULES_FILE) as fh:
+        rules = json.load(fh)
+    os.unlink(RULES_FILE)
+    confine_files(rules)  # now, while it waits: a task's config finds it confined already
+    rehearse()
     run_task(config_fd=CONFIG_FD)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Sequence, TextIO
 
 from ._version import __version__
 from .errors import DecloudError
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .run import Run
 
 
-def _progress(run: Run, stream: object = None) -> None:
+def _progress(run: Run, stream: TextIO | None = None) -> None:
     """One line per stage on stderr: the CLI's progress, the panel's text form."""
     out = stream or sys.stderr
 

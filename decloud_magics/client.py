@@ -381,7 +381,7 @@ class Client(Following):
                 name=run.name,
                 network=self.network,
                 requester=self.account,
-                status=Status.CREATED.value,
+                status=Status.CREATED,
                 submitted_at=utcnow(),
                 price_wei=run.price_wei,
                 gas_used=0,

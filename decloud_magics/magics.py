@@ -20,7 +20,10 @@ from .units import parse_amount
 from .widgets import RunPanel, frontend_mode
 
 if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
     from .client import Client
+    from .models import RunEvent
     from .run import Result, Run
 
 
@@ -112,6 +115,7 @@ LINE_COMMANDS = ("wait", "runs", "network", "history", "events", "result", "summ
 class DecloudMagics(Magics):
     """The notebook face of ``decloud_magics.Client``; settings work with ``%config DecloudMagics.x = …``."""
 
+    shell: InteractiveShell  # type: ignore[assignment]  # set by IPython when it loads the extension
     network = Unicode("local", config=True, help="Network a run uses when --network is not given.")
     default_price = Unicode("0.0001ether", config=True, help="Price of a run when --price is not given.")
     default_timeout = Float(60.0, config=True, help="Wall-clock limit of a cell on the worker, seconds.")
@@ -166,7 +170,7 @@ class DecloudMagics(Magics):
                 # arrives after its cell ended, so the run's outputs must land in the panel's own area.
                 panel = RunPanel(run, symbol=client.config.symbol, mode=frontend_mode(self.shell)).show()
                 self._panels[run.id] = panel
-                run.on("*", lambda event, run=run: self._schedule_landing(run) if event.is_final else None)
+                run.on("*", self._lander(run))
             attached += runs
         return attached
 
@@ -306,6 +310,15 @@ class DecloudMagics(Magics):
         else:
             render.show_result(result)
         return result
+
+    def _lander(self, run: Run) -> Callable[[RunEvent], None]:
+        """A callback that schedules ``run``'s landing once its final event comes."""
+
+        def land(event: RunEvent) -> None:
+            if event.is_final:
+                self._schedule_landing(run)
+
+        return land
 
     def _schedule_landing(self, run: Run) -> None:
         """Called on the watcher thread: land on the kernel's own loop, never mid-cell."""

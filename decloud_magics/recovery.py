@@ -111,10 +111,10 @@ def past_result(client: Client, run_id: str) -> tuple[RunRecord, Result]:
             f"Run {record.run_id} was settled on a chain this session cannot read "
             f"({record.network} at {record.contract}); its result cannot be verified here."
         )
-    final = [e for e in client.ledger.events(record.run_id) if e.kind.is_final and e.block is not None]
-    if not final:
+    blocks = [e.block for e in client.ledger.events(record.run_id) if e.kind.is_final and e.block is not None]
+    if not blocks:
         raise ChainError(f"The ledger has no settlement block for run {record.run_id}.")
-    block = final[-1].block
+    block = blocks[-1]
     digest = cid = None
     for event in market.events_in(block, block):
         if event.task_id != record.task_id:

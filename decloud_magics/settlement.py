@@ -52,6 +52,7 @@ def settle(client: Client, run: Run, digest: bytes, where: dict[str, Any], paid:
 
 def end_without_result(client: Client, run: Run, event: MarketEvent, where: dict[str, Any]) -> None:
     symbol = client.config.symbol
+    data: dict[str, Any]
     if event.name == "TaskDisputed":
         run.refunded_wei = run.price_wei
         workers = [str(w) for w in event.args["workers"]]

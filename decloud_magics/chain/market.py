@@ -12,7 +12,7 @@ import enum
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
 from ..errors import ChainError, InsufficientFunds, NetworkUnreachable
 from ..models import Resources
@@ -265,7 +265,7 @@ class Market:
         with self._guard():
             if self.rpc is not None:  # asked before every run (the wallet check): the short way
                 return int(self.rpc.call("eth_getBalance", [account or self.account, "latest"]), 16)
-            return int(self.w3.eth.get_balance(account or self.account))
+            return int(self.w3.eth.get_balance(cast(Any, account or self.account)))
 
     def block_number(self) -> int:
         with self._guard():
@@ -317,7 +317,8 @@ class Market:
     def events_in(self, from_block: int, to_block: int | str = "latest") -> list[MarketEvent]:
         """Logs of a narrow block range (a full-chain scan gets slower with every block)."""
         with self._guard():
-            logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": from_block, "toBlock": to_block})
+            query = {"address": self.address, "fromBlock": from_block, "toBlock": to_block}
+            logs = self.w3.eth.get_logs(cast(Any, query))
         return self.decode_logs(list(logs))
 
     # -- internals -------------------------------------------------------------
@@ -474,7 +475,7 @@ class EventFollower:
     def __init__(self, market: Market, from_block: int | str = "latest") -> None:
         self.market = market
         with market._guard():
-            self._filter = market.w3.eth.filter({"address": market.address, "fromBlock": from_block})
+            self._filter = market.w3.eth.filter(cast(Any, {"address": market.address, "fromBlock": from_block}))
 
     def poll(self) -> list[MarketEvent]:
         with self.market._guard():
@@ -484,7 +485,7 @@ class EventFollower:
 
     def close(self) -> None:
         with contextlib.suppress(Exception), self.market._guard():
-            self.market.w3.eth.uninstall_filter(self._filter.filter_id)
+            self.market.w3.eth.uninstall_filter(cast(Any, self._filter.filter_id))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

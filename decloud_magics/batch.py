@@ -17,6 +17,7 @@ from .errors import DecloudError, UsageError
 from .models import Resources
 
 if TYPE_CHECKING:
+    from .buffers import Pieces
     from .client import Client
     from .run import Run
 
@@ -60,17 +61,12 @@ def submit_many(
         )  # fmt: skip
         for _ in inputs
     ]
-    ready: list[Run] = []
-    for run, values in zip(runs, inputs, strict=True):
-        try:
-            client._package(run, code, values, outputs, max_input_bytes=max_input_bytes)
-        except DecloudError as exc:
-            client._fail_before_chain(run, exc)
-        else:
-            ready.append(run)
-
-    for start in range(0, len(ready), batch):
-        chunk = ready[start : start + batch]
+    paired = list(zip(runs, inputs, strict=True))
+    for start in range(0, len(paired), batch):
+        # each batch is stored and opened before the next is packed: workers start on the first at once
+        chunk = _stored(client, paired[start : start + batch], code, outputs, max_input_bytes)
+        if not chunk:
+            continue
         terms = client._task_terms(timeout, queue_window_s)
         try:
             cids = [run.input_cid or "" for run in chunk]
@@ -78,7 +74,8 @@ def submit_many(
                 cids, price_wei, **terms, validators=validators, resources=resources
             )
         except DecloudError as exc:
-            for run in ready[start:]:  # this batch and the ones after it: nothing of them was paid
+            # this batch and the ones after it: nothing of them was paid
+            for run in [*chunk, *(run for run, _ in paired[start + batch :])]:
                 client._fail_before_chain(run, exc)
             raise
         for i, (run, task_id) in enumerate(zip(chunk, ids, strict=True)):
@@ -86,6 +83,29 @@ def submit_many(
             last = i == len(chunk) - 1  # one "created" hint for the whole batch
             client._opened(run, task_id, outcome, terms["deadline"], validators, gas=gas, hint=last)
     return runs
+
+
+def _stored(client: Client, pairs: Sequence[tuple[Run, Mapping[str, Any]]], code: str,
+            outputs: Sequence[str] | None, max_input_bytes: int | None) -> list[Run]:  # fmt: skip
+    """Pack each run's inputs and store the packages together (one request to an IPFS node);
+    the runs whose package is in the store, each with its ``input_cid``. The others failed."""
+    from .store.base import put_all
+
+    packed: list[tuple[Run, Pieces]] = []
+    for run, values in pairs:
+        try:
+            packed.append((run, client._pack(run, code, values, outputs, max_input_bytes=max_input_bytes)))
+        except DecloudError as exc:
+            client._fail_before_chain(run, exc)
+    try:
+        cids = put_all(client.conn.store, [pieces for _, pieces in packed])
+    except DecloudError as exc:
+        for run, _ in packed:
+            client._fail_before_chain(run, exc)
+        return []
+    for (run, _), cid in zip(packed, cids, strict=True):
+        run.input_cid = cid
+    return [run for run, _ in packed]
 
 
 def _share(total: int, parts: int, index: int) -> int:

@@ -45,6 +45,7 @@ from .units import format_amount, parse_amount
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .buffers import Pieces
     from .ledger import Ledger
 
 log = logging.getLogger("decloud.client")
@@ -206,6 +207,14 @@ class Client(Following):
                  *, namespace: Mapping[str, Any] | None = None, input_names: Sequence[str] | None = None,
                  max_input_bytes: int | None = None) -> None:  # fmt: skip
         """Build the task package and store it: ``run.input_cid``. Nothing is paid yet."""
+        pieces = self._pack(run, code, inputs, outputs, namespace=namespace, input_names=input_names,
+                            max_input_bytes=max_input_bytes)  # fmt: skip
+        run.input_cid = self.conn.store.put(pieces)  # written piece by piece: the values are copied once
+
+    def _pack(self, run: Run, code: str, inputs: Mapping[str, Any] | None, outputs: Sequence[str] | None,
+              *, namespace: Mapping[str, Any] | None = None, input_names: Sequence[str] | None = None,
+              max_input_bytes: int | None = None) -> Pieces:  # fmt: skip
+        """The task package of ``run``, as pieces ready for the store (``run.wanted`` is set)."""
         from .analysis import cell_names
         from .package import task_pieces
 
@@ -220,7 +229,7 @@ class Client(Following):
             code, scope, inputs=names, outputs=outputs, trust_pickle=run.trust_pickle, name=run.name, **limits
         )
         run.wanted = wanted if wanted is not None else cell_names(code).assigns
-        run.input_cid = self.conn.store.put(pieces)  # written piece by piece: the values are copied once
+        return pieces
 
     def _opened(self, run: Run, task_id: int, outcome: TxOutcome, deadline: int, validators: int, *,
                 gas: tuple[int, int], hint: bool = True) -> None:  # fmt: skip

@@ -26,6 +26,7 @@ from decloud_magics.devnet.ipfs_node import (
 )
 from decloud_magics.errors import ConfigError, ContentNotFound, IntegrityError, NetworkUnreachable, StoreError
 from decloud_magics.store import KuboStore, LocalStore, cid_for, parse_cid, verify
+from decloud_magics.store.base import put_all
 from decloud_magics.store.cid import DAG_PB, RAW
 from decloud_magics.store.unixfs import CHUNK_SIZE, MAX_LINKS, file_root
 
@@ -78,6 +79,16 @@ def test_node_and_local_store_give_the_same_cid(kubo: KuboStore, tmp_path: Path,
     assert verify(cid, data) is True  # checked here, whatever the size
     assert kubo.has(cid)
     assert kubo.get(cid) == data
+
+
+@pytest.mark.devnet
+def test_many_contents_go_in_one_add_and_come_back_in_order(kubo: KuboStore, tmp_path: Path) -> None:
+    contents = [b"", b"0", os.urandom(300), [b"in ", b"pieces"], os.urandom(CHUNK_SIZE + 1), os.urandom(300)]
+    local = LocalStore(tmp_path)
+    cids = kubo.put_many(contents)
+    assert cids == [local.put(c) for c in contents] and len(set(cids)) == len(contents)
+    assert [kubo.get(cid) for cid in cids] == [b"".join(c) if isinstance(c, list) else c for c in contents]
+    assert put_all(local, contents) == cids  # a store without put_many stores them one by one
 
 
 @pytest.mark.devnet
@@ -275,6 +286,18 @@ def test_put_refuses_a_node_that_names_content_wrongly(fake: tuple[str, _Script]
     path, body = script.requests[0]
     assert path.startswith("/api/v0/add?") and "chunker=size-262144" in path and "raw-leaves=true" in path
     assert b"Content-Type: application/octet-stream" in body and b"mine" in body
+
+
+def test_a_batch_is_one_request_and_a_short_answer_is_refused(fake: tuple[str, _Script]) -> None:
+    url, script = fake
+    contents = [b"one", b"two", b"three"]
+    lines = [json.dumps({"Name": f"f{i}", "Hash": cid_for(c)}) for i, c in enumerate(contents)]
+    script.responses = [(200, "\n".join(lines).encode() + b"\n")]
+    assert KuboStore(url).put_many(contents) == [cid_for(c) for c in contents]
+    assert len(script.requests) == 1 and script.requests[0][1].count(b"Content-Type: application/octet-stream") == 3
+    script.responses = [(200, "\n".join(lines[:2]).encode() + b"\n")]
+    with pytest.raises(StoreError, match="accepted 3 contents but named 2"):
+        KuboStore(url).put_many(contents)
 
 
 def test_put_accepts_base58_cidv1(fake: tuple[str, _Script]) -> None:

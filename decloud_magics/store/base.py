@@ -8,6 +8,7 @@ before the bytes reach the package decoder.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from ..buffers import Pieces
@@ -44,6 +45,14 @@ class Store(Protocol):
     def pin(self, cid: str) -> None:
         """Keep ``cid`` from garbage collection for as long as the store lives."""
         ...
+
+
+def put_all(store: Store, items: Sequence[Pieces]) -> list[str]:
+    """Store each of ``items``; their CIDs in order. In one go where the store can (``put_many``)."""
+    put_many = getattr(store, "put_many", None)
+    if put_many is not None:
+        return list(put_many(items))
+    return [store.put(item) for item in items]
 
 
 def verify(cid: str, data: bytes | bytearray | memoryview) -> bool:

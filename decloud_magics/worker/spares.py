@@ -125,6 +125,9 @@ class Process:
 
         The child sets its limits from this config before it opens the task file.
         """
+        if self.proc.exited():
+            # gone: a forked one's own child may still read its pipe for a moment before it follows
+            return False
         task_path = os.path.join(self.scratch, ".decloud-task")
         with open(task_path, "wb") as fh:
             fh.write(task_bytes)

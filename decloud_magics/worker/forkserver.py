@@ -118,6 +118,11 @@ class ForkServer:
     def alive(self) -> bool:
         return not self._dead.is_set()
 
+    @property
+    def pid(self) -> int | None:
+        """The zygote's pid, as it reported it once ready."""
+        return self._ready.result() if self._ready.done() and self._ready.exception() is None else None
+
     def spawn(self, scratch: str, env: dict[str, str], cgroup_procs: str | None, network: bool) -> tuple[ForkedProc, int]:
         """A new sandbox process waiting for its config; returns it and our read end of its result pipe."""
         ends = [os.pipe() for _ in range(4)]  # stdout, stderr, result, config

@@ -133,6 +133,7 @@ def _fork_server(python: str) -> forkserver.ForkServer | None:
                         exc)  # fmt: skip
             return None
         _servers[python] = server
+        log.info("sandbox processes are forked from a zygote (pid %s) that never runs a cell", server.pid)
         return server
 
 

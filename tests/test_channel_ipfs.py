@@ -195,6 +195,14 @@ def raw_publish(api_url: str, topic: str, payload: bytes) -> None:
     assert resp.status_code == 200, resp.text
 
 
+def hearing(publisher: IpfsPubsubChannel, subscriber: IpfsPubsubChannel) -> Inbox:
+    """An inbox subscribed on ``subscriber`` that has heard ``publisher`` already."""
+    inbox = Inbox()
+    subscriber.subscribe(inbox)
+    until_heard(publisher, inbox)
+    return inbox
+
+
 @pytest.fixture
 def pair(node: IpfsNode, topic: str) -> Iterator[tuple[IpfsPubsubChannel, IpfsPubsubChannel]]:
     """A worker's channel (signing as ``W``) and a client's, on one topic of the module's node."""
@@ -213,10 +221,8 @@ def test_the_node_offers_pubsub(node: IpfsNode) -> None:
 @pytest.mark.devnet
 def test_publish_and_subscribe_round_trip_in_order(pair: tuple[IpfsPubsubChannel, IpfsPubsubChannel]) -> None:
     publisher, subscriber = pair
-    inbox = Inbox()
-    subscriber.subscribe(inbox)
+    inbox = hearing(publisher, subscriber)
     assert subscriber.wait_subscribed(WAIT)
-    until_heard(publisher, inbox)
     publisher.publish(41, "running", {"worker": W})
     for i in range(20):
         publisher.publish(41, "stdout", {"line": f"line {i}", "worker": W})
@@ -319,9 +325,7 @@ def test_a_stopped_node_never_troubles_the_worker_and_the_subscriber_comes_back(
 ) -> None:
     caplog.set_level(logging.INFO, logger="decloud.channel")
     publisher, subscriber = pair
-    inbox = Inbox()
-    subscriber.subscribe(inbox)
-    until_heard(publisher, inbox)
+    inbox = hearing(publisher, subscriber)
     node.stop()
     try:
         for i in range(300):  # a worker printing while its node is gone
@@ -431,9 +435,7 @@ def test_messages_that_speak_for_a_worker_unsigned_or_signed_by_another_are_drop
     node: IpfsNode, topic: str, pair: tuple[IpfsPubsubChannel, IpfsPubsubChannel]
 ) -> None:
     publisher, subscriber = pair
-    inbox = Inbox()
-    subscriber.subscribe(inbox)
-    until_heard(publisher, inbox)
+    inbox = hearing(publisher, subscriber)
     rejected = subscriber.counts["rejected"]
     impostor = IpfsPubsubChannel(node.api_url, topic, signer=M_KEY)  # signs as M, claims to be W
     unsigned = IpfsPubsubChannel(node.api_url, topic)

@@ -18,7 +18,7 @@ from ..errors import ChainError, InsufficientFunds, NetworkUnreachable
 from ..models import Resources
 from .abi import ERROR_SENTENCES, CallEncoder, LogDecoder, error_selectors, revert_selector, unpack_terms
 from .artifact import load_artifact
-from .rpc import NodeRpc, log_fields, receipt_facts
+from .rpc import NodeRpc, hex_text, log_fields, receipt_facts
 
 if TYPE_CHECKING:  # web3 costs ~1 s to import: only the type checker pays it here
     from web3 import Web3
@@ -385,7 +385,7 @@ class Market:
             if facts.status != 1:
                 raise self._explain_revert(fn, value, facts.block, tx_hash)
             outcome = TxOutcome(
-                tx_hash=_hex(tx_hash),
+                tx_hash=hex_text(tx_hash),
                 block=facts.block,
                 gas_used=facts.gas_used,
                 gas_cost_wei=facts.gas_used * facts.gas_price,
@@ -403,7 +403,7 @@ class Market:
             explained = self._explain(exc, fn, value)
             if not str(explained).endswith("no reason given"):
                 return explained
-        return ChainError(f"The transaction {_hex(tx_hash)} was reverted by the contract.")
+        return ChainError(f"The transaction {hex_text(tx_hash)} was reverted by the contract.")
 
     def _send_signed(self, fn: Any, value: int, gas: int | None = None) -> tuple[Any, Any]:
         """Sign and send; returns the hash, and the receipt when the node mined it on the spot.
@@ -497,11 +497,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() >= end:
             return False
         time.sleep(interval)
-
-
-def _hex(value: Any) -> str:
-    text = value.hex() if hasattr(value, "hex") else str(value)
-    return text if text.startswith("0x") else "0x" + text
 
 
 def _first_line(text: str) -> str:

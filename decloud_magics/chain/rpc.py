@@ -24,7 +24,7 @@ from ..errors import ChainError
 if TYPE_CHECKING:
     from web3 import Web3
 
-__all__ = ["LogFields", "NodeRpc", "ReceiptFacts", "RpcRefused", "log_fields", "receipt_facts"]
+__all__ = ["LogFields", "NodeRpc", "ReceiptFacts", "RpcRefused", "hex_text", "log_fields", "receipt_facts"]
 
 #: JSON-RPC error codes that mean "this node does not have that method".
 _NO_SUCH_METHOD = (-32601, -32600)
@@ -118,7 +118,8 @@ def _bytes(value: Any) -> bytes:
     return bytes(value)
 
 
-def _hex(value: Any) -> str:
+def hex_text(value: Any) -> str:
+    """A hash as ``0x``-prefixed hex, whether it came as bytes, HexBytes or text."""
     text = value if isinstance(value, str) else value.hex()
     return text if text.startswith("0x") else "0x" + text
 
@@ -129,7 +130,7 @@ def log_fields(log: Any) -> LogFields:
         topics=[_bytes(t) for t in log["topics"]],
         data=_bytes(log["data"]),
         block=_int(log["blockNumber"]),
-        tx_hash=_hex(log["transactionHash"]),
+        tx_hash=hex_text(log["transactionHash"]),
         log_index=_int(log["logIndex"]),
     )
 

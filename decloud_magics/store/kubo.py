@@ -107,11 +107,12 @@ class KuboStore:
         size = 0
         for item in items:
             views = as_views(item)
-            if group and size + sum(v.nbytes for v in views) > _MAX_ADD_BYTES:
+            nbytes = sum(v.nbytes for v in views)
+            if group and size + nbytes > _MAX_ADD_BYTES:
                 cids += self._add(group)
                 group, size = [], 0
             group.append(views)
-            size += sum(v.nbytes for v in views)
+            size += nbytes
         if group:
             cids += self._add(group)
         return cids

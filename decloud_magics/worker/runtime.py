@@ -54,7 +54,7 @@ def main(config_json: str | None = None, config_fd: int = 0) -> None:
     """
     global _MAIN_PID
     if len(sys.argv) > 2:
-        _join_cgroup(sys.argv[2])
+        join_cgroup(sys.argv[2])
     config = json.loads(config_json if config_json is not None else _read_config(config_fd))
     _enter_sandbox(config)
     started = time.perf_counter()
@@ -110,8 +110,10 @@ def _read_config(fd: int = 0) -> str:
     return b"".join(chunks).decode("utf-8")
 
 
-def _join_cgroup(procs_file: str) -> None:
+def join_cgroup(procs_file: str) -> None:
     """Join the run's pids cgroup now, while the spare waits: the move takes milliseconds of kernel time.
+
+    Called by an exec'd runtime at its start, and by a forked one's parent before its namespaces.
 
     Every process the cell starts inherits it. A refused move ends this process
     before it takes a task: the parent counts on the cap.

@@ -98,9 +98,10 @@ def run_in_sandbox(
     the task); the result then says it was cancelled. ``queued`` says more tasks
     wait behind this one: the next warm interpreter is started at once rather
     than when this run ends. ``refill=False`` leaves the next one to the caller's
-    ``prewarm()`` once it has stored and settled this result: a new interpreter
-    takes 40–60 ms of CPU, which on a small worker would delay exactly that
-    work (it still starts ``REFILL_DELAY`` after this run began). Timeouts, limits and crashes come back as results
+    ``prewarm()`` once it has stored and settled this result: a new process
+    (3 ms of CPU forked, 40–60 ms exec'd, and a cgroup move) would compete
+    with exactly that work on a small worker; it still starts ``REFILL_DELAY``
+    after this run began. Timeouts, limits and crashes come back as results
     with a ``failure`` sentence; only a bug of the worker itself raises.
     """
     limits = limits or SandboxLimits()

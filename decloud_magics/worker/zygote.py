@@ -36,7 +36,7 @@ import sys
 import tempfile
 from typing import Any
 
-from .runtime import confine_files, rehearse
+from .runtime import confine_files, join_cgroup, rehearse
 from .runtime import main as run_task  # imported once here, so that every fork has it ready
 
 __all__ = ["main"]
@@ -83,10 +83,8 @@ def _namespaces_work(libc: Any) -> bool:
             if libc.unshare(_CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWNET) == 0:
                 inner = os.fork()
                 if inner == 0:
-                    ok = libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0 and libc.mount(
-                        b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None
-                    ) == 0
-                    os._exit(0 if ok else 1)
+                    _mount_own_proc(libc)  # raising, it ends in the _exit(1) below
+                    os._exit(0)
                 code = os.waitstatus_to_exitcode(os.waitpid(inner, 0)[1])
         finally:
             os._exit(code)
@@ -141,8 +139,7 @@ def _become_task(libc: Any, request: dict[str, Any], fds: list[int], zygote: int
     if os.getppid() != zygote:  # it went before the line above took effect
         os._exit(70)
     if request.get("cgroup_procs"):
-        with open(request["cgroup_procs"], "w") as fh:
-            fh.write(str(os.getpid()))
+        join_cgroup(request["cgroup_procs"])
     flags = _CLONE_NEWPID | _CLONE_NEWNS | (0 if request.get("network") else _CLONE_NEWNET)
     if libc.unshare(flags) != 0:
         raise OSError(ctypes.get_errno(), "unshare")
@@ -168,13 +165,18 @@ def _become_task(libc: Any, request: dict[str, Any], fds: list[int], zygote: int
     os._exit(code)
 
 
-def _run_task(libc: Any, request: dict[str, Any], fds: list[int]) -> None:
-    """``B``, PID 1 of the task's namespace: its own /proc, its pipes, its folder, then the runtime."""
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _mount_own_proc(libc: Any) -> None:
+    """In a new mount and PID namespace: keep mounts from propagating out, and show only our processes."""
     if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
         raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
     if libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None) != 0:
         raise OSError(ctypes.get_errno(), "mount /proc")
+
+
+def _run_task(libc: Any, request: dict[str, Any], fds: list[int]) -> None:
+    """``B``, PID 1 of the task's namespace: its own /proc, its pipes, its folder, then the runtime."""
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    _mount_own_proc(libc)
     stdout, stderr, result, config = (os.dup(fd) for fd in fds)  # above every target number
     for fd in fds:
         os.close(fd)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import DecloudError, UsageError
-from .models import Resources
+from .models import DEFAULT_RESOURCES, Resources
 
 if TYPE_CHECKING:
     from .buffers import Pieces
@@ -33,7 +33,7 @@ def submit_many(
     *,
     price: str | int | None = None,
     timeout: int = 60,
-    resources: Resources = Resources(),
+    resources: Resources = DEFAULT_RESOURCES,
     validators: int = 1,
     name: str | None = None,
     trust_pickle: bool = False,
@@ -58,7 +58,7 @@ def submit_many(
             trust_pickle=trust_pickle,
             timeout=timeout,
             validators=validators,
-        )  # fmt: skip
+        )
         for _ in inputs
     ]
     paired = list(zip(runs, inputs, strict=True))

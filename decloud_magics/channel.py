@@ -10,7 +10,8 @@ a real network uses a transport both sides reach without a server of ours.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 Listener = Callable[[int, str, dict[str, Any]], None]
 
@@ -34,7 +35,7 @@ class LocalChannel:
         for listener in listeners:
             try:
                 listener(task_id, kind, data)
-            except Exception:  # a broken listener must not stop a worker
+            except Exception:  # noqa: BLE001, S110 (a broken listener must not stop a worker)
                 pass
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:

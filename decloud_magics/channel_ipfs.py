@@ -284,7 +284,7 @@ class IpfsPubsubChannel:
                 if sign and self._signer is not None:
                     body = sign_message(body, self.topic, self._signer)
                 heard = self._post_pub(session, body)
-            except Exception as exc:  # refused, down, or a chain that would not tell its id yet
+            except Exception as exc:  # noqa: BLE001 (refused, down, or a chain not telling its id yet)
                 self._count("dropped")
                 retry_at, backoff = time.monotonic() + backoff, min(backoff * 2, self.max_backoff)
                 self._outage("publish", True, "live channel: cannot publish to the IPFS node at %s (%s); "
@@ -359,7 +359,7 @@ class IpfsPubsubChannel:
                 stream=True,
                 timeout=(self.connect_timeout, self.idle_timeout),
             )
-        except Exception as exc:  # refused, unresolvable, or a chain that would not tell its id yet
+        except Exception as exc:  # noqa: BLE001 (refused, unresolvable, or a chain not telling its id yet)
             if not reader.stop.is_set():
                 self._outage("subscribe", True, "live channel: cannot subscribe at the IPFS node at %s (%s); "
                              "retrying", self.api_url, _describe(exc))  # fmt: skip
@@ -387,7 +387,7 @@ class IpfsPubsubChannel:
         except requests.exceptions.ConnectionError as exc:
             # requests reports a read timeout on a stream as a connection error.
             return "idle" if "timed out" in str(exc).lower() and not reader.stop.is_set() else "ended"
-        except Exception:  # a stream cut mid-read: the node stopped, or unsubscribe shut it
+        except Exception:  # noqa: BLE001 (a stream cut mid-read: the node stopped, or unsubscribe shut it)
             return "ended"
         finally:
             with self._lock:

@@ -35,7 +35,7 @@ from .connection import Connection, connect
 from .errors import DecloudError, RunFailed, UsageError
 from .following import Following
 from .keys import PrivateKey, redact
-from .models import EventKind, Resources, RunEvent, Status, utcnow
+from .models import DEFAULT_RESOURCES, EventKind, Resources, RunEvent, Status, utcnow
 from .networks import NetworkConfig, get_network
 from .recovery import Wallet, past_result, reattach, refund_all, wallet
 from .run import Result, Run
@@ -44,6 +44,7 @@ from .units import format_amount, parse_amount
 
 if TYPE_CHECKING:
     import pandas as pd
+    from typing_extensions import Self
 
     from .buffers import Pieces
     from .ledger import Ledger
@@ -125,7 +126,7 @@ class Client(Following):
         input_names: Sequence[str] | None = None,
         price: str | int | None = None,
         timeout: int = 60,
-        resources: Resources = Resources(),
+        resources: Resources = DEFAULT_RESOURCES,
         validators: int = 1,
         name: str | None = None,
         trust_pickle: bool = False,
@@ -356,7 +357,7 @@ class Client(Following):
         self._follower.close()
         self.conn.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -382,7 +383,7 @@ class Client(Following):
     # -- the ledger --------------------------------------------------------------
 
     def _record_new(self, run: Run, code: str, *, timeout: int, validators: int) -> None:
-        from .ledger import RunRecord
+        from .ledger_rows import RunRecord
 
         self.ledger.record_run(
             RunRecord(

@@ -128,7 +128,7 @@ def encode_parts(name: str, value: Any, *, allow_pickle: bool, role: Role = "inp
             continue
         except MemoryError:
             raise
-        except Exception:  # a safe codec tripping on an odd value is one that cannot carry it
+        except Exception:  # noqa: BLE001, S112 (a safe codec tripping on an odd value cannot carry it)
             continue
     if not allow_pickle:
         what = "a function or class" if isinstance(value, (types.FunctionType, type)) else _a(type_name)
@@ -140,7 +140,7 @@ def encode_parts(name: str, value: Any, *, allow_pickle: bool, role: Role = "inp
         import cloudpickle
 
         return EncodedParts("pickle", (cloudpickle.dumps(value, protocol=5),), type_name)
-    except Exception as exc:  # pickling runs arbitrary __reduce__ code: any error is possible
+    except Exception as exc:  # noqa: BLE001 (pickling runs arbitrary __reduce__ code: any error is possible)
         reason = _short(exc)
         if role == "input":
             raise SerializationError(
@@ -169,7 +169,7 @@ def decode_value(name: str, encoded: Encoded, *, allow_pickle: bool) -> Any:
 
         try:
             return pickle.loads(encoded.data)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (unpickling runs arbitrary code: any error is possible)
             raise SerializationError(
                 f"Variable '{name}' ({_a(encoded.type_name)}) could not be unpickled: {_short(exc)}; "
                 "install the same packages on both sides or convert the value to data."
@@ -186,7 +186,7 @@ def decode_value(name: str, encoded: Encoded, *, allow_pickle: bool) -> Any:
         return decoder(encoded.data, encoded.type_name)
     except (SerializationError, MemoryError):
         raise
-    except Exception as exc:  # untrusted bytes: any parser error means "corrupt"
+    except Exception as exc:  # noqa: BLE001 (untrusted bytes: any parser error means "corrupt")
         raise SerializationError(
             f"Variable '{name}' could not be decoded from its {codec} bytes ({_short(exc)}); "
             "the package is damaged: run the cell again."
@@ -464,7 +464,7 @@ def _decode_module(name: str, encoded: Encoded, trusted: bool) -> Any:
         )
     try:
         return importlib.import_module(module)
-    except Exception as exc:  # the module's own code failed while importing
+    except Exception as exc:  # noqa: BLE001 (the module's own code failed while importing)
         raise SerializationError(
             f"Variable '{name}' is the module {module}, which cannot be imported here ({_short(exc)}); "
             "install it or leave it out."

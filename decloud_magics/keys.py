@@ -23,8 +23,7 @@ class PrivateKey:
 
     def __init__(self, hex_key: str, source: str) -> None:
         key = hex_key.strip()
-        if key.startswith("0x"):
-            key = key[2:]
+        key = key.removeprefix("0x")
         if not re.fullmatch(r"[0-9a-fA-F]{64}", key):
             raise ConfigError(f"The private key from {source} is not 32 bytes of hex; check it (it is not shown).")
         self._hex = key.lower()
@@ -48,8 +47,7 @@ def _from_env_file(path: Path) -> str | None:
         return None
     for line in path.read_text().splitlines():
         line = line.strip()
-        if line.startswith("export "):
-            line = line[len("export ") :]
+        line = line.removeprefix("export ")
         if line.startswith("DECLOUD_PRIVATE_KEY="):
             return line.split("=", 1)[1].strip().strip("'\"")
     return None

@@ -6,7 +6,8 @@ import inspect
 import shlex
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -276,11 +277,10 @@ class DecloudMagics(Magics):
             run.wait(timeout)
         except KeyboardInterrupt:
             print(f"Stopped waiting; run {run.id} goes on. `%decloud wait {run.id}` picks it up.", file=sys.stderr)
-            return None
+            return
         result = self._land(run, into_panel=False)
         if result is not None:
             result.raise_for_error()
-        return None
 
     def _land(self, run: Run, *, into_panel: bool) -> Result | None:
         """Show a finished run's outputs and bind its values, exactly once per run."""

@@ -88,6 +88,10 @@ class Resources:
     memory_mb: int = 1024
 
 
+#: What a task asks when its caller names nothing (frozen, so one instance serves every default).
+DEFAULT_RESOURCES = Resources()
+
+
 @dataclass
 class RunEvent:
     """One stage of one run. Money is integer wei; views turn it into Decimal."""

@@ -20,7 +20,8 @@ from .run import Result, Run
 
 if TYPE_CHECKING:
     from .client import Client
-    from .ledger import Ledger, RunRecord
+    from .ledger import Ledger
+    from .ledger_rows import RunRecord
 
 _ENDINGS = {"TaskCompleted", "TaskFailed"}
 

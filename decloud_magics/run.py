@@ -10,8 +10,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .errors import RemoteError, RunFailed, RunTimeout
 from .models import STATUS_AFTER, EventKind, RunEvent, Status
@@ -212,7 +213,7 @@ class Run:
         for callback in callbacks:
             try:
                 callback(event)
-            except Exception as exc:  # a user's callback must not break the watcher
+            except Exception as exc:  # noqa: BLE001 (a user's callback must not break the watcher)
                 self._client._report_callback_error(self, exc)
         if event.is_final:
             self._done.set()

@@ -11,7 +11,8 @@ import html
 import sys
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .models import RunEvent
 from .panel import STAGES, PanelState
@@ -135,7 +136,7 @@ class RunPanel:
         def cancel() -> None:
             try:
                 self._cancel()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (any failure to cancel is shown in the panel)
                 with self._lock:
                     self.state.message = f"could not cancel: {exc}"
                     self._render()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -21,7 +21,7 @@ def decloud_home() -> Path:
 
 
 @pytest.fixture(scope="session")
-def client() -> Iterator["object"]:
+def client() -> Iterator[object]:
     """One client on the embedded network, shared: the chain and workers start once."""
     from decloud_magics import Client
 
@@ -31,7 +31,7 @@ def client() -> Iterator["object"]:
 
 
 @pytest.fixture(scope="session")
-def shell() -> Iterator["object"]:
+def shell() -> Iterator[object]:
     """A real InteractiveShell with the extension loaded, as a notebook kernel has."""
     from IPython.core.interactiveshell import InteractiveShell
 

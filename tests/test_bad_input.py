@@ -80,9 +80,11 @@ def test_unreachable_ipfs_is_one_sentence_and_nothing_is_paid(client, tmp_path):
     conn = Connection(config=LOCAL, market=chain.market(0), store=KuboStore("http://127.0.0.1:9", retries=1),
                       channel=client.conn.channel, wake=wake, embedded=chain)  # fmt: skip
     before = conn.market.balance()
-    with Client("local", ledger=client.ledger, connection=conn) as offline:
-        with pytest.raises(NetworkUnreachable) as info:
-            offline.submit("x = 1", name="ipfs-down", timeout=10)
+    with (
+        Client("local", ledger=client.ledger, connection=conn) as offline,
+        pytest.raises(NetworkUnreachable) as info,
+    ):
+        offline.submit("x = 1", name="ipfs-down", timeout=10)
     assert "IPFS node" in str(info.value)
     _single_sentence(str(info.value))
     assert conn.market.balance() == before

@@ -12,7 +12,7 @@ from decloud_magics import __version__
 def decloud(*args: str, home: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DECLOUD_HOME": home}
     return subprocess.run([sys.executable, "-m", "decloud_magics.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+                          text=True, timeout=timeout, check=False)  # fmt: skip
 
 
 def test_version(tmp_path):

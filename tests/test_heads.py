@@ -21,7 +21,7 @@ def test_ws_url_follows_the_rpc_url() -> None:
     assert ws_url("/tmp/geth.ipc") is None
 
 
-def test_each_mined_block_wakes_the_watcher(anvil: chain_node.AnvilNode) -> None:
+def test_each_mined_block_wakes_the_watcher(anvil: chain_node.AnvilNode) -> None:  # noqa: F811 (a fixture)
     woken = threading.Event()
     watcher = HeadWatcher(anvil.rpc_url, woken.set).start()
     try:

@@ -113,7 +113,7 @@ def test_cli_paths_with_a_known_key(known_key, tmp_path, decloud_home):
         [sys.executable, "-m", "decloud_magics.cli", "worker", "--network", "nowhere", "--key-file", str(key_file)],
     ]
     for command in commands:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode != 0  # each fails: the node is unreachable or the network unknown
         assert done.stderr.strip(), "a failure must say something"
         assert "Traceback" not in done.stderr, done.stderr

@@ -103,7 +103,7 @@ def test_ten_async_runs_all_land_once(shell, run_cell):
     magics._land = counting_land
     try:
         for i in range(10):
-            result, out = run_cell(f"%%decloud run --async --name async-{i}\nasync_value_{i} = {i} * 3")
+            result, _ = run_cell(f"%%decloud run --async --name async-{i}\nasync_value_{i} = {i} * 3")
             result.raise_error()
         runs = [r for r in magics._runs.values() if (r.name or "").startswith("async-")]
         assert len(runs) == 10

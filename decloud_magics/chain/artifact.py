@@ -13,7 +13,7 @@ SOURCE = CONTRACTS_DIR / "TaskMarket.sol"
 ARTIFACT = CONTRACTS_DIR / "TaskMarket.json"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_artifact() -> dict[str, Any]:
     """ABI and bytecode; cached because every market and worker needs them."""
     return json.loads(ARTIFACT.read_text())

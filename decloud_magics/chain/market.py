@@ -11,11 +11,12 @@ import contextlib
 import enum
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ChainError, InsufficientFunds, NetworkUnreachable
-from ..models import Resources
+from ..models import DEFAULT_RESOURCES, Resources
 from .abi import ERROR_SENTENCES, CallEncoder, LogDecoder, error_selectors, revert_selector, unpack_terms
 from .artifact import load_artifact
 from .rpc import NodeRpc, hex_text, log_fields, receipt_facts
@@ -160,7 +161,7 @@ class Market:
         lease: int,
         deadline: int,
         validators: int = 1,
-        resources: Resources = Resources(),
+        resources: Resources = DEFAULT_RESOURCES,
     ) -> tuple[int, TxOutcome]:
         """Open a task with its price in escrow; returns the task id and the receipt's facts."""
         outcome = self._transact(
@@ -181,7 +182,7 @@ class Market:
         lease: int,
         deadline: int,
         validators: int = 1,
-        resources: Resources = Resources(),
+        resources: Resources = DEFAULT_RESOURCES,
     ) -> tuple[list[int], TxOutcome]:
         """Open many tasks in one transaction: one base fee for the whole batch."""
         outcome = self._transact(
@@ -368,7 +369,7 @@ class Market:
                         # base fee rose past our cached fees: recount, re-ask, retry once
                         self._nonce = self._fees = None
                         tx_hash, receipt = self._send_signed(fn, value, gas)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (web3 and the node raise many types: each is explained)
                 # a refused transaction may leave our count wrong: re-read it (and the chain id, should
                 # the node have been replaced by another chain's)
                 self._nonce = self._chain_id = None
@@ -378,7 +379,7 @@ class Market:
             # other calls (the worker's event polls) are not held behind the receipt.
             try:
                 receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.01)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (web3 and the node raise many types: each is explained)
                 raise self._explain(exc, fn, value) from None
         facts = receipt_facts(receipt)
         with self._guard():
@@ -399,7 +400,7 @@ class Market:
         """Replay a reverted call on the state it met, to name the contract's reason."""
         try:
             fn.call({"from": self.account, "value": value}, block_identifier=block - 1)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (the replay's error, whatever its type, names the reason)
             explained = self._explain(exc, fn, value)
             if not str(explained).endswith("no reason given"):
                 return explained

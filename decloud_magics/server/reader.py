@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DecloudError
-from ..ledger import BUSY_TIMEOUT_S, run_spent_wei
+from ..ledger_file import BUSY_TIMEOUT_S
+from ..ledger_rows import run_spent_wei
 from ..models import FINAL_STATUSES, Status, utcnow
 from .models import (
     EventModel,

@@ -17,14 +17,13 @@ it its task and supervises it the same way whichever way it started.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
 import threading
-
-import json
 
 from . import cgroups, forkserver, landlock, zygote
 from .bytecode import compile_package

@@ -7,7 +7,7 @@ reach the client solely through the market, the store and the live channel.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from ..chain.embedded import EmbeddedChain
 from ..channel import LiveChannel

@@ -69,7 +69,7 @@ def main(config_json: str | None = None, config_fd: int = 0) -> None:
             task = decode_task(fh.read())
         os.unlink(config["task"])
         status = _run(task, res, config)
-    except BaseException as exc:  # an unreadable task, a broken input, a limit hit while packing
+    except BaseException as exc:  # noqa: BLE001 (an unreadable task, a broken input, a limit hit packing)
         if os.getpid() != main_pid:
             os._exit(0)
         stage = "package the cell's results" if res.timings else "start the cell"
@@ -79,7 +79,7 @@ def main(config_json: str | None = None, config_fd: int = 0) -> None:
     _flush()
     try:
         data = encode_result(res)
-    except BaseException as exc:  # e.g. out of memory: still say why, without the values
+    except BaseException as exc:  # noqa: BLE001 (e.g. out of memory: still say why, without the values)
         data = encode_result(ResultPackage(failure=f"The worker could not package the cell's results: {exc}"))
         status = 3
     view = memoryview(data)
@@ -201,7 +201,7 @@ def _run(task: Any, res: ResultPackage, config: dict[str, Any]) -> int:
     status = 0
     try:
         _execute(task.code, namespace, displays)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 (whatever the cell raises, SystemExit too, is its error)
         if os.getpid() != _MAIN_PID:
             os._exit(1)
         res.error = _error_info(exc, task.code)
@@ -273,7 +273,7 @@ def _collect_outputs(task: Any, namespace: dict[str, Any], res: ResultPackage, b
         except SerializationError as exc:
             res.value_errors[var] = str(exc)
             continue
-        except Exception as exc:  # a value whose own methods fail while being encoded
+        except Exception as exc:  # noqa: BLE001 (a value whose own methods fail while being encoded)
             res.value_errors[var] = f"'{var}' could not be encoded: {type(exc).__name__}: {exc}"
             continue
         budget -= len(enc.data)
@@ -383,7 +383,7 @@ class _Displays:
         try:
             import IPython.core.display_functions as functions
             import IPython.display as public
-        except Exception:
+        except Exception:  # noqa: BLE001 (best effort: IPython's display then stays as it is)
             return
         functions.display = public.display = self.display
 
@@ -399,7 +399,7 @@ class _Displays:
 
                 self._formatter = DisplayFormatter()
             data, metadata = self._formatter.format(obj)
-        except Exception:
+        except Exception:  # noqa: BLE001 (the object's own reprs may raise anything: plain reprs then)
             data = _plain_bundle(obj)
         clean = {mime: _jsonable(value) for mime, value in data.items()}
         if "text/plain" in clean:
@@ -415,7 +415,7 @@ class _Displays:
         for num in pyplot.get_fignums():
             try:
                 self.bundles.append(_figure_bundle(pyplot.figure(num)))
-            except Exception as exc:  # a broken figure must not lose the other outputs
+            except Exception as exc:  # noqa: BLE001 (a broken figure must not lose the other outputs)
                 self.bundles.append(
                     {"data": {"text/plain": f"<figure {num} could not be drawn: {exc}>"}, "metadata": {}}
                 )
@@ -444,7 +444,7 @@ def _plain_bundle(obj: Any) -> dict[str, Any]:
         if callable(fn):
             try:
                 value = fn()
-            except Exception:
+            except Exception:  # noqa: BLE001, S112 (a repr method that fails is one format fewer)
                 continue
             if value is not None:
                 data[mime] = value
@@ -465,5 +465,5 @@ def _flush() -> None:
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             stream.flush()  # type: ignore[union-attr]
-        except Exception:  # the cell may have replaced or closed them: nothing left to flush
+        except Exception:  # noqa: BLE001, S110 (the cell may have replaced or closed them: nothing to flush)
             pass

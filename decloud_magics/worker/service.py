@@ -23,9 +23,10 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..chain.market import ChainStatus, Market, MarketEvent
 from ..channel import LiveChannel, NullChannel
@@ -338,7 +339,7 @@ class Worker:
                 late_claim.start()
             try:
                 result = self.execute(offer, cancel=cancel, confirm=confirm)
-            except Exception as exc:  # the worker must outlive anything one task does
+            except Exception as exc:  # noqa: BLE001 (the worker must outlive anything one task does)
                 if confirm.result():
                     self.on_failure(offer, exc)
             else:

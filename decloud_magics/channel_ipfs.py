@@ -2,16 +2,13 @@
 
 Why IPFS pubsub: workers and notebooks already talk to an IPFS node (the
 store), so its pubsub reaches both with no server of ours to run or trust. One
-topic per market contract, ``decloud/<chain id>/<contract>/live``; one small
-JSON object per message: ``{"v": 1, "task": 7, "kind": "stdout", "data": {...}}``.
+topic per market contract, one small JSON object per message: their shape, and
+how a received one is checked, are in ``channel_messages.py``; how the node's
+HTTP responses are read, in ``node_responses.py``.
 
 Best effort and display only; the chain stays the source of truth (stages that
 matter come from contract events, results from the store, checked against the
-digest the chain recorded). Anyone who reaches the topic can publish anything,
-so a received message is untrusted input: size-capped, checked for shape,
-reduced to a flat dict of plain values, used for nothing but what a panel
-shows; one that names a worker must carry that worker's signature
-(``channel_signing.py``). A lost message changes a panel, never what a run returns.
+digest the chain recorded). A lost message changes a panel, never what a run returns.
 
 On the wire (Kubo >= 0.11 and js-ipfs 0.66 alike; checked on js-ipfs 0.66.1):
 the topic goes in ``arg`` as multibase ``u`` + unpadded base64url (js-ipfs
@@ -32,22 +29,27 @@ that reconnects with backoff and stops when the last listener unsubscribes.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
-import json
 import logging
-import math
 import queue
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .channel import Listener
+from .channel_messages import (
+    MAX_MESSAGE_BYTES,
+    SIGNATURE_BYTES,
+    VERSION,
+    decode_message,
+    encode_message,
+    market_topic,
+    multibase_decode,
+    multibase_encode,
+)
 from .channel_signing import sign_message, signed_by
+from .node_responses import describe, interrupt, lines, node_message
 from .sessions import node_session
 from .store.kubo import _http_url
 from .untrusted import loads_json
@@ -57,77 +59,22 @@ if TYPE_CHECKING:
 
     from .keys import PrivateKey
 
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "VERSION",
+    "IpfsPubsubChannel",
+    "_lines",
+    "decode_message",
+    "encode_message",
+    "market_topic",
+    "multibase_decode",
+    "multibase_encode",
+    "pubsub_available",
+]
+
 log = logging.getLogger("decloud.channel")
 
-VERSION = 1
-MAX_MESSAGE_BYTES = 16 * 1024  # a panel line, not a payload
-_SIGNATURE_BYTES = 150  # ,"sig":"0x<65 bytes in hex>"
-_MAX_KIND = 32
-_MAX_KEYS = 16
-
-
-def market_topic(chain_id: int, contract: str) -> str:
-    """The topic where every worker and client of one contract meets."""
-    return f"decloud/{int(chain_id)}/{contract.lower()}/live"
-
-
-def multibase_encode(raw: bytes) -> str:
-    """``u`` + unpadded base64url: how the Kubo RPC API spells topics and data."""
-    return "u" + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def multibase_decode(text: str) -> bytes:
-    """The bytes of a ``u`` (base64url) multibase string; ValueError for anything else."""
-    if not text.startswith("u") or "+" in text or "/" in text:
-        raise ValueError("not a base64url multibase string")
-    try:
-        padded = (text[1:] + "=" * (-len(text[1:]) % 4)).encode("ascii")
-        return base64.b64decode(padded, altchars=b"-_", validate=True)  # strict: no skipped characters
-    except binascii.Error as exc:
-        raise ValueError(str(exc)) from None
-
-
-def encode_message(
-    task_id: int, kind: str, data: dict[str, Any], max_bytes: int = MAX_MESSAGE_BYTES
-) -> bytes | None:
-    """The wire form of one message; long strings are cut to fit, None if it still does not."""
-    envelope = {"v": VERSION, "task": int(task_id), "kind": str(kind), "data": dict(data)}
-    body = json.dumps(envelope, separators=(",", ":"), default=str).encode()
-    limit = max_bytes
-    while len(body) > max_bytes and limit > 64:
-        limit //= 2  # a long stdout line is cut rather than lost: the panel shows its start
-        cut = {k: v[:limit] + "…" if isinstance(v, str) and len(v) > limit else v for k, v in data.items()}
-        body = json.dumps({**envelope, "data": cut}, separators=(",", ":"), default=str).encode()
-    return body if len(body) <= max_bytes else None
-
-
-def decode_message(raw: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[int, str, dict[str, Any]] | None:
-    """``(task, kind, data)`` from untrusted bytes, or None for anything that is not a message of ours.
-
-    ``data`` keeps only string keys with plain values (strings, integers,
-    finite floats, booleans, null): it is shown and recorded, so it must not
-    carry structures a viewer would have to walk.
-    """
-    if len(raw) > max_bytes:
-        return None
-    try:
-        msg = loads_json(raw)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(msg, dict) or msg.get("v") != VERSION:
-        return None
-    task, kind, data = msg.get("task"), msg.get("kind"), msg.get("data")
-    if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < 2**256:
-        return None
-    if not isinstance(kind, str) or not 0 < len(kind) <= _MAX_KIND or not isinstance(data, dict):
-        return None
-    plain = {
-        k: v
-        for k, v in list(data.items())[:_MAX_KEYS]
-        if isinstance(k, str)
-        and (v is None or isinstance(v, (str, int, bool)) or (isinstance(v, float) and math.isfinite(v)))
-    }
-    return task, kind, plain
+_lines = lines  # the name tests import it by
 
 
 def pubsub_available(api_url: str, timeout: float = 3.0) -> bool | None:
@@ -145,7 +92,7 @@ def pubsub_available(api_url: str, timeout: float = 3.0) -> bool | None:
     with resp:
         if resp.status_code < 400:
             return True
-        log.debug("pubsub probe at %s: HTTP %s %s", api_url, resp.status_code, _node_message(resp))
+        log.debug("pubsub probe at %s: HTTP %s %s", api_url, resp.status_code, node_message(resp))
         return False
 
 
@@ -202,7 +149,7 @@ class IpfsPubsubChannel:
         """Queue one message and return at once; never raises, drops when the queue is full."""
         try:
             sign = self._signer is not None and "worker" in data
-            body = encode_message(task_id, kind, data, self.max_message_bytes - (_SIGNATURE_BYTES if sign else 0))
+            body = encode_message(task_id, kind, data, self.max_message_bytes - (SIGNATURE_BYTES if sign else 0))
             if body is None or self._closed.is_set():
                 self._count("dropped")
                 return
@@ -288,7 +235,7 @@ class IpfsPubsubChannel:
                 self._count("dropped")
                 retry_at, backoff = time.monotonic() + backoff, min(backoff * 2, self.max_backoff)
                 self._outage("publish", True, "live channel: cannot publish to the IPFS node at %s (%s); "
-                             "live progress is dropped until it answers", self.api_url, _describe(exc))  # fmt: skip
+                             "live progress is dropped until it answers", self.api_url, describe(exc))  # fmt: skip
             else:
                 self._count("published" if heard else "unheard")
                 backoff, retry_at = self.min_backoff, 0.0
@@ -322,7 +269,7 @@ class IpfsPubsubChannel:
         with resp:
             if resp.status_code < 400:
                 return True
-            message = _node_message(resp)
+            message = node_message(resp)
             # js-ipfs (gossipsub) refuses to publish to a topic no peer, not even itself, subscribes
             # to; Kubo publishes into the void. A worker whose client went away is not an outage.
             if "InsufficientPeers" in message:
@@ -362,7 +309,7 @@ class IpfsPubsubChannel:
         except Exception as exc:  # noqa: BLE001 (refused, unresolvable, or a chain not telling its id yet)
             if not reader.stop.is_set():
                 self._outage("subscribe", True, "live channel: cannot subscribe at the IPFS node at %s (%s); "
-                             "retrying", self.api_url, _describe(exc))  # fmt: skip
+                             "retrying", self.api_url, describe(exc))  # fmt: skip
             return "failed"
         with self._lock:
             reader.response = resp
@@ -371,7 +318,7 @@ class IpfsPubsubChannel:
                 return "ended"
             if resp.status_code >= 400:
                 self._outage("subscribe", True, "live channel: the IPFS node at %s refused to subscribe "
-                             "(HTTP %s: %s); retrying", self.api_url, resp.status_code, _node_message(resp))  # fmt: skip
+                             "(HTTP %s: %s); retrying", self.api_url, resp.status_code, node_message(resp))  # fmt: skip
                 return "failed"
             reader.subscribed.set()
             self._outage(
@@ -379,7 +326,7 @@ class IpfsPubsubChannel:
             )
             # A message is base64 inside the node's JSON: a third more than the cap, plus the envelope.
             cap = self.max_message_bytes * 4 // 3 + 2048
-            for line in _lines(resp.iter_content(chunk_size=None), cap):  # type: ignore[arg-type]
+            for line in lines(resp.iter_content(chunk_size=None), cap):  # type: ignore[arg-type]
                 if reader.stop.is_set():
                     break
                 self._deliver(line)
@@ -433,7 +380,7 @@ class IpfsPubsubChannel:
             reader.stop.set()
             resp = reader.response
         if resp is not None:
-            _interrupt(resp)
+            interrupt(resp)
         if reader.thread is not None and reader.thread is not threading.current_thread():
             reader.thread.join(timeout=self.connect_timeout + 2)
 
@@ -471,46 +418,3 @@ class _Reader:
         self.stop = threading.Event()
         self.subscribed = threading.Event()
         self.response: requests.Response | None = None
-
-
-def _lines(chunks: Iterable[bytes], cap: int) -> Iterator[bytes | None]:
-    """The lines of a stream; None stands for a line longer than ``cap``, which is never held whole."""
-    buf, skipping = b"", False
-    for chunk in chunks:
-        *whole, buf = (buf + chunk).split(b"\n")
-        for line in whole:
-            if skipping:
-                skipping = False
-                yield None
-            elif line.strip():
-                yield line if len(line) <= cap else None
-        if len(buf) > cap:
-            buf, skipping = b"", True
-
-
-def _interrupt(resp: requests.Response) -> None:
-    """Wake a reader blocked on ``resp``: closing does not wake a ``recv``, a socket shutdown does.
-
-    urllib3 >= 2.3 offers that as ``shutdown()``; before, the socket is reached through http.client.
-    """
-    raw = resp.raw
-    with contextlib.suppress(Exception):
-        if callable(getattr(raw, "shutdown", None)):
-            raw.shutdown()
-        else:
-            raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(Exception):
-        resp.close()
-
-
-def _node_message(resp: requests.Response) -> str:
-    with contextlib.suppress(ValueError):
-        payload = resp.json()
-        if isinstance(payload, dict) and isinstance(payload.get("Message"), str):
-            return payload["Message"][:200]
-    return resp.reason or "no message"
-
-
-def _describe(exc: BaseException) -> str:
-    """A short cause for a log line: requests' own messages run to hundreds of characters."""
-    return type(exc).__name__ if len(str(exc)) > 160 else f"{type(exc).__name__}: {exc}"

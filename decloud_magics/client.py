@@ -30,7 +30,7 @@ from .accounting import (
     check_max_price,
     parse_budget,
 )
-from .chain.market import MarketEvent, TxOutcome
+from .chain.records import MarketEvent, TxOutcome
 from .connection import Connection, connect
 from .errors import DecloudError, RunFailed, UsageError
 from .following import Following

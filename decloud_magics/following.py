@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from .chain.market import ChainStatus, MarketEvent
+from .chain.records import ChainStatus, MarketEvent
 from .errors import DecloudError
 from .keys import redact
 from .models import EventKind, Status, utcnow

@@ -1,25 +1,12 @@
 """Task and result packages: the bytes that travel through the content store.
 
-One container format serves both directions::
-
-    b"DCLD" + version byte + 4-byte big-endian manifest length
-    + manifest (JSON, sorted keys, compact, UTF-8)
-    + blobs (concatenated; the manifest gives each one's offset and length)
-    [+ results only: 4-byte length + JSON trailer with timings]
-
-Blobs carry no hashes of their own (format 1 had a sha256 per blob): a
-package only ever reaches a decoder through a check that already covers all
-of its bytes, the store's CID check on read or the chain's ``result_digest``,
-so a second hash of every blob would double the cost of a large value and
-catch nothing. Format 1 packages are still read, and their blob hashes
-checked unless ``verify=False``.
-
+Both are written in one container format, :mod:`decloud_magics.container`.
 Encoding is deterministic, so two honest workers that run the same
 deterministic cell produce byte-identical bodies and equal ``result_digest``s,
 which is what validators compare on chain. Whatever differs between honest
 runs (timings, how the sandbox was isolated) lives in the trailer, outside the
-digest. Parsing assumes hostile bytes: every length is bounds-checked, every
-field type-checked, and nothing here ever unpickles.
+digest. Parsing assumes hostile bytes: every field is type-checked, and
+nothing here ever unpickles.
 """
 
 from __future__ import annotations
@@ -34,17 +21,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .analysis import cell_names
-from .buffers import join
 from .codecs import MB, BytesLike, Encoded, EncodedParts, check_size, decode_value, encode_parts
-from .errors import IntegrityError, SerializationError, UnsafeValueError, UsageError
+from .container import FORMAT_VERSION, MAGIC, damaged, get_field, layout, pack, unpack
+from .errors import SerializationError, UnsafeValueError, UsageError
 from .untrusted import loads_json
 
-FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
-MAGIC = b"DCLD"
+__all__ = [
+    "DEFAULT_MAX_INPUT_BYTES",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "RemoteErrorInfo",
+    "ResultPackage",
+    "TaskPackage",
+    "build_task_package",
+    "decode_result",
+    "decode_task",
+    "decode_values",
+    "encode_result",
+    "encode_task",
+    "is_ipython_name",
+    "result_digest",
+    "task_pieces",
+]
+
 DEFAULT_MAX_INPUT_BYTES = 100 * MB
-_PREFIX = 9  # magic, version, manifest length
-_MAX_MANIFEST = 64 * MB
 _IPYTHON_NAMES = frozenset(
     {"_", "__", "___", "In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh"}
 )
@@ -167,7 +167,7 @@ def build_task_package(
     (['x'], b'DCLD\\x02')
     """
     pkg, encoded = _encode_task(code, namespace, inputs, outputs, trust_pickle, name, max_input_bytes)
-    data, views = _pack(_task_manifest(pkg), [(_input_entry(n, e), e.parts) for n, e in encoded.items()])
+    data, views = pack(_task_manifest(pkg), [(_input_entry(n, e), e.parts) for n, e in encoded.items()])
     # The inputs are read back as views of the package: its one copy of each value serves both.
     pkg.inputs = {n: Encoded(e.codec, view, e.type_name) for (n, e), view in zip(encoded.items(), views)}
     return pkg, data
@@ -184,7 +184,7 @@ def task_pieces(
     defaults = {"inputs": None, "outputs": None, "trust_pickle": False, "name": None,
                 "max_input_bytes": DEFAULT_MAX_INPUT_BYTES}  # fmt: skip
     pkg, encoded = _encode_task(code, namespace, **{**defaults, **options})
-    pieces, _start, _entries = _layout(
+    pieces, _start, _entries = layout(
         _task_manifest(pkg), [(_input_entry(n, e), e.parts) for n, e in encoded.items()]
     )
     return pkg.outputs, pieces
@@ -199,7 +199,7 @@ def _check_identifiers(flag: str, names: Sequence[str]) -> None:
 def encode_task(pkg: TaskPackage) -> bytes | memoryview:
     """The task as deterministic bytes, ready for the content store."""
     blobs = [(_input_entry(n, e), (e.data,)) for n, e in pkg.inputs.items()]
-    return _pack(_task_manifest(pkg), blobs)[0]
+    return pack(_task_manifest(pkg), blobs)[0]
 
 
 def _task_manifest(pkg: TaskPackage) -> dict[str, Any]:
@@ -224,22 +224,22 @@ def decode_task(data: BytesLike, *, verify: bool = True) -> TaskPackage:
     matters for format 1 packages, whose per-blob sha256 it checks (pass False
     for bytes whose CID the store has just verified, which covers them).
     """
-    manifest, blobs, _trailer, _end = _unpack(data, "task", verify)
-    outputs = _get(manifest, "outputs", (list, type(None)), "task")
+    manifest, blobs, _trailer, _end = unpack(data, "task", verify)
+    outputs = get_field(manifest, "outputs", (list, type(None)), "task")
     if outputs is not None:
         outputs = tuple(_name(o, "task") for o in outputs)
     inputs = {}
     for entry, blob in blobs:
         if entry.get("role") != "input":
-            raise _damaged("task", "a blob has an unknown role")
+            raise damaged("task", "a blob has an unknown role")
         inputs[_name(entry.get("name"), "task")] = _encoded(entry, blob)
     return TaskPackage(
-        code=_get(manifest, "code", str, "task"),
+        code=get_field(manifest, "code", str, "task"),
         inputs=inputs,
         outputs=outputs,
-        allow_pickle_outputs=_get(manifest, "allow_pickle_outputs", bool, "task"),
-        python=_get(manifest, "python", str, "task"),
-        name=_get(manifest, "name", (str, type(None)), "task"),
+        allow_pickle_outputs=get_field(manifest, "allow_pickle_outputs", bool, "task"),
+        python=get_field(manifest, "python", str, "task"),
+        name=get_field(manifest, "name", (str, type(None)), "task"),
     )
 
 
@@ -271,7 +271,7 @@ def encode_result(res: ResultPackage) -> bytes | memoryview:
         for n, e in res.values.items()
     ]
     trailer = {"timings": {k: float(v) for k, v in res.timings.items()}, "sandbox": dict(res.sandbox)}
-    return _pack(manifest, blobs, trailer)[0]
+    return pack(manifest, blobs, trailer)[0]
 
 
 def decode_result(data: BytesLike, *, verify: bool = True) -> ResultPackage:
@@ -281,20 +281,22 @@ def decode_result(data: BytesLike, *, verify: bool = True) -> ResultPackage:
     checks (pass False for bytes already matched against ``result_digest``,
     which covers every blob).
     """
-    manifest, blobs, trailer, _end = _unpack(data, "result", verify)
+    manifest, blobs, trailer, _end = unpack(data, "result", verify)
     res = ResultPackage(
-        exit_status=_get(manifest, "exit_status", int, "result"),
-        failure=_get(manifest, "failure", (str, type(None)), "result"),
+        exit_status=get_field(manifest, "exit_status", int, "result"),
+        failure=get_field(manifest, "failure", (str, type(None)), "result"),
     )
-    truncated = _get(manifest, "truncated", dict, "result")
+    truncated = get_field(manifest, "truncated", dict, "result")
     res.truncated = {str(k): v for k, v in truncated.items() if isinstance(v, bool)}
-    value_errors = _get(manifest, "value_errors", dict, "result")
+    value_errors = get_field(manifest, "value_errors", dict, "result")
     res.value_errors = {_name(k, "result"): str(v) for k, v in value_errors.items()}
-    error = _get(manifest, "error", (dict, type(None)), "result")
+    error = get_field(manifest, "error", (dict, type(None)), "result")
     if error is not None:
-        tb = _get(error, "traceback", list, "result")
+        tb = get_field(error, "traceback", list, "result")
         res.error = RemoteErrorInfo(
-            _get(error, "ename", str, "result"), _get(error, "evalue", str, "result"), [str(t) for t in tb]
+            get_field(error, "ename", str, "result"),
+            get_field(error, "evalue", str, "result"),
+            [str(t) for t in tb],
         )
     for entry, blob in blobs:
         role = entry.get("role")
@@ -305,7 +307,7 @@ def decode_result(data: BytesLike, *, verify: bool = True) -> ResultPackage:
         elif role == "value":
             res.values[_name(entry.get("name"), "result")] = _encoded(entry, blob)
         else:
-            raise _damaged("result", "a blob has an unknown role")
+            raise damaged("result", "a blob has an unknown role")
     if trailer is not None:
         timings = trailer.get("timings", {})
         if isinstance(timings, dict):
@@ -325,7 +327,7 @@ def result_digest(data: BytesLike) -> bytes:
     Honest workers running the same deterministic cell produce equal digests;
     this is the value a worker submits on chain and a client checks.
     """
-    _manifest, _blobs, _trailer, end = _unpack(data, "result", verify=False)
+    _manifest, _blobs, _trailer, end = unpack(data, "result", verify=False)
     return hashlib.sha256(memoryview(data)[:end]).digest()
 
 
@@ -358,136 +360,16 @@ def decode_values(
     return values
 
 
-# -- the container -----------------------------------------------------------
-
-
-def _layout(
-    manifest: dict[str, Any],
-    blobs: Sequence[tuple[dict[str, Any], Sequence[BytesLike]]],
-    trailer: dict[str, Any] | None = None,
-) -> tuple[list[BytesLike], int, list[dict[str, Any]]]:
-    """The package as pieces end to end, where its first blob starts, and the blobs' entries."""
-    entries, offset = [], 0
-    for entry, pieces in blobs:
-        size = sum(memoryview(p).nbytes for p in pieces)
-        entries.append({**entry, "offset": offset, "length": size})
-        offset += size
-    head = _json_bytes({**manifest, "format": FORMAT_VERSION, "blobs": entries})
-    parts: list[BytesLike] = [MAGIC, bytes([FORMAT_VERSION]), len(head).to_bytes(4, "big"), head]
-    for _entry, pieces in blobs:
-        parts += pieces
-    if trailer is not None:
-        tail = _json_bytes(trailer)
-        parts += [len(tail).to_bytes(4, "big"), tail]
-    return parts, _PREFIX + len(head), entries
-
-
-def _pack(
-    manifest: dict[str, Any],
-    blobs: Sequence[tuple[dict[str, Any], Sequence[BytesLike]]],
-    trailer: dict[str, Any] | None = None,
-) -> tuple[bytes | memoryview, list[memoryview]]:
-    """The package in one buffer, and a read-only view of each blob inside it.
-
-    A large package is a read-only view of a fresh mapping rather than
-    ``bytes`` (see ``buffers``): every consumer takes any bytes-like object.
-    """
-    parts, start, entries = _layout(manifest, blobs, trailer)
-    data = join(parts)  # the one copy of every blob, straight from the value's memory
-    view = memoryview(data)
-    return data, [view[start + e["offset"] : start + e["offset"] + e["length"]] for e in entries]
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def _unpack(
-    data: BytesLike, kind: str, verify: bool = True
-) -> tuple[dict[str, Any], list[tuple[dict[str, Any], memoryview]], dict[str, Any] | None, int]:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise SerializationError(f"A {kind} package must be bytes, not {type(data).__name__}.")
-    view = memoryview(data).cast("B").toreadonly()  # values are handed out as slices of it: no copies
-    if len(view) < _PREFIX or bytes(view[:4]) != MAGIC:
-        raise IntegrityError(
-            f"These bytes are not a decloud {kind} package (the header is missing); the content store returned something else."
-        )
-    version = view[4]
-    if version not in _READABLE_VERSIONS:
-        raise SerializationError(
-            f"This {kind} package uses format version {version}, which this decloud_magics cannot read; upgrade decloud_magics."
-        )
-    length = int.from_bytes(view[5:9], "big")
-    if length > _MAX_MANIFEST or _PREFIX + length > len(view):
-        raise _damaged(kind, "its manifest length points past the end")
-    try:
-        manifest = loads_json(view[_PREFIX : _PREFIX + length])
-    except (ValueError, RecursionError):
-        raise _damaged(kind, "its manifest is not valid JSON") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != kind or manifest.get("format") != version:
-        raise _damaged(kind, f"it is not a {kind} manifest")
-    start = _PREFIX + length
-    blobs, expected = [], 0
-    for entry in _get(manifest, "blobs", list, kind):
-        if not isinstance(entry, dict):
-            raise _damaged(kind, "a blob entry is not an object")
-        offset, size, digest = entry.get("offset"), entry.get("length"), entry.get("sha256")
-        if (
-            type(offset) is not int
-            or type(size) is not int
-            or offset != expected
-            or size < 0
-            or (version == 1 and not isinstance(digest, str))
-        ):
-            raise _damaged(kind, "its blob table is inconsistent")
-        expected += size
-        if start + expected > len(view):
-            raise _damaged(kind, "it is truncated")
-        blob = view[start + offset : start + offset + size]
-        if version == 1 and verify and hashlib.sha256(blob).hexdigest() != digest:
-            raise IntegrityError(
-                f"The {kind} package is corrupted: its blob {str(entry.get('name', entry.get('role')))[:40]!r} does not match its sha256; "
-                "fetch it again."
-            )
-        blobs.append((entry, blob))
-    end = start + expected
-    trailer = None
-    if end < len(view):
-        if kind != "result" or end + 4 > len(view):
-            raise _damaged(kind, "it has unexpected bytes after its blobs")
-        tail_len = int.from_bytes(view[end : end + 4], "big")
-        if end + 4 + tail_len != len(view):
-            raise _damaged(kind, "its trailer length is wrong")
-        try:
-            trailer = loads_json(view[end + 4 :])
-        except (ValueError, RecursionError):
-            raise _damaged(kind, "its trailer is not valid JSON") from None
-        if not isinstance(trailer, dict):
-            raise _damaged(kind, "its trailer is not an object")
-    return manifest, blobs, trailer, end
-
-
-def _damaged(kind: str, why: str) -> IntegrityError:
-    return IntegrityError(f"The {kind} package is damaged: {why}; fetch it again or rerun the cell.")
-
-
-def _get(obj: dict[str, Any], key: str, types_: type | tuple[type, ...], kind: str) -> Any:
-    value = obj.get(key)
-    if not isinstance(value, types_) or (isinstance(value, bool) and types_ is int):
-        raise _damaged(kind, f"its field '{key}' is missing or has the wrong type")
-    return value
-
-
 def _name(value: Any, kind: str) -> str:
     if not isinstance(value, str) or not value.isidentifier() or keyword.iskeyword(value):
-        raise _damaged(kind, "it names a variable that is not a Python identifier")
+        raise damaged(kind, "it names a variable that is not a Python identifier")
     return value
 
 
 def _encoded(entry: dict[str, Any], blob: memoryview) -> Encoded:
     codec, type_name = entry.get("codec"), entry.get("type_name")
     if not isinstance(codec, str) or not isinstance(type_name, str):
-        raise _damaged("package", "a value has no codec or type name")
+        raise damaged("package", "a value has no codec or type name")
     return Encoded(codec, blob, type_name)
 
 
@@ -495,10 +377,10 @@ def _displays(blob: memoryview) -> list[dict[str, Any]]:
     try:
         displays = loads_json(blob)
     except (ValueError, RecursionError):
-        raise _damaged("result", "its displays are not valid JSON") from None
+        raise damaged("result", "its displays are not valid JSON") from None
     if not isinstance(displays, list) or not all(
         isinstance(d, dict) and isinstance(d.get("data"), dict) and isinstance(d.get("metadata", {}), dict)
         for d in displays
     ):
-        raise _damaged("result", "its displays are not MIME bundles")
+        raise damaged("result", "its displays are not MIME bundles")
     return displays

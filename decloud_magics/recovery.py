@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .chain.market import ChainStatus
+from .chain.records import ChainStatus
 from .errors import ChainError, DecloudError, UsageError
 from .models import Status, utcnow
 from .processes import pid_alive

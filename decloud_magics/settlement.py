@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .chain.market import MarketEvent
+from .chain.records import MarketEvent
 from .errors import DecloudError, IntegrityError, RemoteError, RunFailed
 from .models import EventKind, Status
 from .panel import short_address as _short

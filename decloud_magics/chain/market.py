@@ -3,22 +3,25 @@
 One ``Market`` per (chain, account). Every chain call goes through ``self.lock``:
 the in-process EVM is not thread-safe and is shared by the client's watcher and
 the local workers; for a JSON-RPC node the lock also keeps nonces in order.
+
+The values its calls return are in :mod:`decloud_magics.chain.records`; the
+log filter behind ``Market.follow`` is in :mod:`decloud_magics.chain.follower`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ChainError, InsufficientFunds, NetworkUnreachable
 from ..models import DEFAULT_RESOURCES, Resources
 from .abi import ERROR_SENTENCES, CallEncoder, LogDecoder, error_selectors, revert_selector, unpack_terms
 from .artifact import load_artifact
+from .follower import EventFollower, wait_until
+from .records import ChainStatus, MarketEvent, OnchainTask, TxOutcome
 from .rpc import NodeRpc, hex_text, log_fields, receipt_facts
 
 if TYPE_CHECKING:  # web3 costs ~1 s to import: only the type checker pays it here
@@ -26,19 +29,7 @@ if TYPE_CHECKING:  # web3 costs ~1 s to import: only the type checker pays it he
 
     from ..keys import PrivateKey
 
-
-class ChainStatus(enum.IntEnum):
-    """``TaskMarket.Status`` as stored on chain."""
-
-    NONE = 0
-    OPEN = 1
-    CLAIMED = 2
-    COMPLETED = 3
-    NOT_PROCESSED = 4
-    CANCELLED = 5
-    DISPUTED = 6
-    FAILED = 7
-
+__all__ = ["ChainStatus", "EventFollower", "Market", "MarketEvent", "OnchainTask", "TxOutcome", "wait_until"]
 
 #: Gas limits for the calls sent without an estimate (see ``Market._transact``):
 #: measured use plus headroom; unused gas is not charged.
@@ -52,52 +43,6 @@ PAYOUT_GAS = 60_000
 #: Seconds a network node's clock reading, and its fee figures, are reused (see ``Market.chain_time``).
 CLOCK_TTL = 1.0
 FEES_TTL = 10.0
-
-@dataclass(frozen=True)
-class MarketEvent:
-    """A decoded contract log, with where it happened."""
-
-    name: str
-    args: dict[str, Any]
-    block: int
-    tx_hash: str
-    log_index: int
-
-    @property
-    def task_id(self) -> int | None:
-        value = self.args.get("taskId")
-        return int(value) if value is not None else None
-
-
-@dataclass(frozen=True)
-class TxOutcome:
-    """What one mined transaction cost and said."""
-
-    tx_hash: str
-    block: int
-    gas_used: int
-    gas_cost_wei: int
-    events: tuple[MarketEvent, ...] = field(default_factory=tuple)
-
-    def first(self, name: str) -> MarketEvent:
-        for event in self.events:
-            if event.name == name:
-                return event
-        raise ChainError(f"The transaction {self.tx_hash} emitted no {name} event.")
-
-
-@dataclass(frozen=True)
-class OnchainTask:
-    task_id: int
-    requester: str
-    price_wei: int
-    deadline: int
-    timeout: int
-    lease: int
-    status: ChainStatus
-    validators: int
-    seats_taken: int
-    submitted: int
 
 
 class Market:
@@ -245,7 +190,7 @@ class Market:
     # -- reads ---------------------------------------------------------------
 
     def get_task(self, task_id: int) -> OnchainTask:
-        with self._guard():
+        with self.guard():
             raw = self.contract.functions.getTask(task_id).call()
         requester, price, deadline, timeout, lease, status, validators, seats, submitted = raw
         return OnchainTask(
@@ -254,22 +199,22 @@ class Market:
         )  # fmt: skip
 
     def get_seat(self, task_id: int, seat: int) -> tuple[str, int, bool, bytes]:
-        with self._guard():
+        with self.guard():
             worker, lease_expiry, submitted, digest = self.contract.functions.getSeat(task_id, seat).call()
         return worker, int(lease_expiry), bool(submitted), bytes(digest)
 
     def owed(self, account: str | None = None) -> int:
-        with self._guard():
+        with self.guard():
             return int(self.contract.functions.owed(account or self.account).call())
 
     def balance(self, account: str | None = None) -> int:
-        with self._guard():
+        with self.guard():
             if self.rpc is not None:  # asked before every run (the wallet check): the short way
                 return int(self.rpc.call("eth_getBalance", [account or self.account, "latest"]), 16)
             return int(self.w3.eth.get_balance(cast(Any, account or self.account)))
 
     def block_number(self) -> int:
-        with self._guard():
+        with self.guard():
             return int(self.w3.eth.block_number)
 
     def chain_time(self) -> int:
@@ -282,7 +227,7 @@ class Market:
         epoch = self._clock_epoch()
         if self._clock is not None and self._clock[2] == epoch and time.monotonic() - self._clock[0] < CLOCK_TTL:
             return self._clock[1] + int(time.monotonic() - self._clock[0])
-        with self._guard():
+        with self.guard():
             now = int(self.w3.eth.get_block("latest")["timestamp"])
         self._clock = (time.monotonic(), now, epoch)
         return now
@@ -290,7 +235,7 @@ class Market:
     def gas_price(self) -> int:
         if self._key is not None and self._price is not None and time.monotonic() - self._price[0] < FEES_TTL:
             return self._price[1]
-        with self._guard():
+        with self.guard():
             price = int(self.w3.eth.gas_price)
         self._price = (time.monotonic(), price)
         return price
@@ -317,7 +262,7 @@ class Market:
 
     def events_in(self, from_block: int, to_block: int | str = "latest") -> list[MarketEvent]:
         """Logs of a narrow block range (a full-chain scan gets slower with every block)."""
-        with self._guard():
+        with self.guard():
             query = {"address": self.address, "fromBlock": from_block, "toBlock": to_block}
             logs = self.w3.eth.get_logs(cast(Any, query))
         return self.decode_logs(list(logs))
@@ -325,7 +270,7 @@ class Market:
     # -- internals -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
+    def guard(self) -> Iterator[None]:
         """Hold the chain lock and turn connection failures into one sentence."""
         with self.lock:
             try:
@@ -350,7 +295,7 @@ class Market:
         rarely revert (create, submit). A revert then shows in the receipt and
         is explained by replaying the call.
         """
-        with self._guard():
+        with self.guard():
             try:
                 if self._key is None:
                     options = {"from": self.account, "value": value}
@@ -382,7 +327,7 @@ class Market:
             except Exception as exc:  # noqa: BLE001 (web3 and the node raise many types: each is explained)
                 raise self._explain(exc, fn, value) from None
         facts = receipt_facts(receipt)
-        with self._guard():
+        with self.guard():
             if facts.status != 1:
                 raise self._explain_revert(fn, value, facts.block, tx_hash)
             outcome = TxOutcome(
@@ -468,36 +413,6 @@ class Market:
                 "The chain node did not answer: start it (decloud devnet up) or check the network's RPC URL."
             )
         return ChainError(f"The market refused {fn.fn_name} ({name}): {_first_line(text)}")
-
-
-class EventFollower:
-    """Follows the contract's logs with a node-side filter: each poll returns only new logs."""
-
-    def __init__(self, market: Market, from_block: int | str = "latest") -> None:
-        self.market = market
-        with market._guard():
-            self._filter = market.w3.eth.filter(cast(Any, {"address": market.address, "fromBlock": from_block}))
-
-    def poll(self) -> list[MarketEvent]:
-        with self.market._guard():
-            rpc = self.market.rpc
-            logs = self._filter.get_new_entries() if rpc is None else rpc.new_logs(str(self._filter.filter_id))
-        return self.market.decode_logs(list(logs))
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception), self.market._guard():
-            self.market.w3.eth.uninstall_filter(cast(Any, self._filter.filter_id))
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds pass; every wait here has a limit."""
-    end = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= end:
-            return False
-        time.sleep(interval)
 
 
 def _first_line(text: str) -> str:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from .manager import Devnet, DevnetState
+    from .manager import Devnet
+    from .state import DevnetState
 
 
 def add_devnet_parser(sub: Any) -> None:

@@ -2,10 +2,9 @@
 
 ``Devnet.up`` starts what is missing and leaves what is healthy alone, so it is
 safe to run twice; ``down`` stops everything it started by process group and
-returns the pids that survived. What is running is written to
-``decloud_home()/devnet/state.json`` so the next ``decloud`` command finds it.
+returns the pids that survived.
 
-Files, all under ``decloud_home()/devnet``: ``state.json``, ``requester.key``
+Files, all under ``decloud_home()/devnet``: ``state.json`` (see ``state``), ``requester.key``
 and ``worker-N.key`` (mode 0600, kept across runs so addresses stay the same),
 ``logs/`` (chain and workers) and ``ipfs/`` (the js-ipfs repo and its log).
 Tools (anvil, js-ipfs) live in ``DECLOUD_TOOLS`` or ``decloud_home()/tools``.
@@ -15,14 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +28,10 @@ from ..paths import decloud_home
 from ..processes import pid_alive
 from . import chain_node
 from .ipfs_node import IpfsNode, default_tools_dir, ensure_ipfs_installed, install_hint, ipfs_installed
+from .process_tree import descendants, signal_group
+from .state import DevnetState, ProcessInfo, UpResult, WorkerState
+
+_descendants = descendants  # tests import it from here, by this name
 
 NETWORK = "devnet"
 ETHER = 10**18
@@ -56,71 +57,6 @@ class QuietReporter:
 
     def note(self, text: str) -> None:
         pass
-
-
-@dataclass
-class ProcessInfo:
-    """A process we started, with its start time so a recycled pid is never taken for it."""
-
-    pid: int
-    start: int | None = None
-
-    @classmethod
-    def of(cls, pid: int) -> ProcessInfo:
-        return cls(pid, _start_ticks(pid))
-
-    def alive(self) -> bool:
-        return pid_alive(self.pid) and _start_ticks(self.pid) in (None, self.start)
-
-
-@dataclass
-class WorkerState:
-    index: int
-    address: str
-    key_file: str
-    log: str
-    process: ProcessInfo | None = None
-
-
-@dataclass
-class DevnetState:
-    """What ``up`` started, as JSON in ``state.json``. Holds no keys, only the paths of key files."""
-
-    rpc_url: str
-    chain: ProcessInfo
-    ipfs_api: str
-    ipfs_external: bool
-    ipfs_ports: tuple[int, int] = (0, 0)
-    ipfs: ProcessInfo | None = None
-    chain_id: int = 0
-    contract: str = ""
-    requester: str = ""
-    requester_key_file: str = ""
-    workers: list[WorkerState] = field(default_factory=list)
-    tools_dir: str = ""
-    started_at: float = 0.0
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> DevnetState:
-        raw = json.loads(text)
-        raw["chain"] = ProcessInfo(**raw["chain"])
-        raw["ipfs"] = ProcessInfo(**raw["ipfs"]) if raw.get("ipfs") else None
-        raw["ipfs_ports"] = tuple(raw.get("ipfs_ports") or (0, 0))
-        for w in raw.get("workers", []):
-            w["process"] = ProcessInfo(**w["process"]) if w.get("process") else None
-        raw["workers"] = [WorkerState(**w) for w in raw.get("workers", [])]
-        return cls(**raw)
-
-
-@dataclass
-class UpResult:
-    state: DevnetState
-    fresh: bool  # a new chain was started; False when a running devnet was reused or repaired
-    changes: list[str] = field(default_factory=list)  # e.g. "restarted ipfs", "started worker-3"
-    user_key: str | None = None  # where the user's own (now funded) key was found, if anywhere
 
 
 class Devnet:
@@ -390,7 +326,7 @@ class Devnet:
     def _stop_all(self, state: DevnetState, rep: Reporter, grace: float = 10.0) -> list[int]:
         workers = [w.process for w in state.workers if w.process is not None]
         # Sandboxes run in sessions of their own: find them while their worker is still their parent.
-        sandboxes = [ProcessInfo.of(pid) for p in workers if p.alive() for pid in _descendants(p.pid)]
+        sandboxes = [ProcessInfo.of(pid) for p in workers if p.alive() for pid in descendants(p.pid)]
         with rep.step(f"Stopping {len(workers)} worker{'s' * (len(workers) != 1)}"):
             self._stop_groups(workers, grace)
             self._stop_groups(sandboxes, 0.0)
@@ -411,7 +347,7 @@ class Devnet:
         live = [p for p in procs if p.alive()]
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             for p in live:
-                _signal_group(p.pid, sig)
+                signal_group(p.pid, sig)
             end = time.monotonic() + wait
             while live and time.monotonic() < end:
                 time.sleep(0.05)
@@ -463,42 +399,3 @@ def _read_from(path: Path, offset: int) -> str:
             return fh.read().decode(errors="replace")
     except OSError:
         return ""
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)  # a process that left its group still gets the signal
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (which may hold spaces); None off Linux."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _start_ticks(pid: int) -> int | None:
-    stat = _proc_stat(pid)
-    return int(stat[19]) if stat else None
-
-
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, by parent links in /proc (Linux; empty elsewhere)."""
-    children: dict[int, list[int]] = {}
-    with contextlib.suppress(OSError):
-        for name in os.listdir("/proc"):
-            stat = _proc_stat(int(name)) if name.isdigit() else None
-            if stat:
-                children.setdefault(int(stat[1]), []).append(int(name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found

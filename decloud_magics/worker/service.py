@@ -28,7 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..chain.market import ChainStatus, Market, MarketEvent
+from ..chain.market import Market
+from ..chain.records import ChainStatus, MarketEvent
 from ..channel import LiveChannel, NullChannel
 from ..errors import DecloudError
 from ..store.base import Store

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import enum
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -24,6 +24,7 @@ from web3 import EthereumTesterProvider, Web3
 from web3.logs import DISCARD
 
 from decloud_magics.chain.market import unpack_terms
+from decloud_magics.chain.records import ChainStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = ROOT / "decloud_magics" / "chain" / "contracts"
@@ -39,15 +40,7 @@ DIGEST_B = b"\xbb" * 32
 PRICE = 10**16
 
 
-class St(enum.IntEnum):
-    NONE = 0
-    OPEN = 1
-    CLAIMED = 2
-    COMPLETED = 3
-    NOT_PROCESSED = 4
-    CANCELLED = 5
-    DISPUTED = 6
-    FAILED = 7
+St = ChainStatus  # the client's mirror of TaskMarket.Status, checked against the contract below
 
 
 @dataclass(frozen=True)
@@ -869,3 +862,12 @@ def test_gas_budget(chain: Chain, capsys: pytest.CaptureFixture[str]) -> None:
     # Regression guards a little above today's figures.
     assert figures["claim"] <= 57_000
     assert figures["submitResult (claimed)"] <= 45_000
+
+
+def test_the_clients_status_names_follow_the_contracts_enum() -> None:
+    """``ChainStatus`` decodes the contract's ``Status``: same members, same order."""
+    body = re.search(r"enum Status \{([^}]*)\}", SOURCE.read_text())
+    assert body is not None, "TaskMarket.sol declares no `enum Status`"
+    declared = [name.strip() for name in body.group(1).split(",")]
+    assert [s.name.replace("_", "").lower() for s in ChainStatus] == [n.lower() for n in declared]
+

@@ -6,6 +6,8 @@ reads the task package, runs the cell with ``<cell>`` as its file name so
 tracebacks carry the cell's line numbers, and writes a partial result package
 (values, displays, error) to a pipe the parent reads. The parent adds what
 only it can know: the captured stdout/stderr, the exit status, the timings.
+The error's traceback is built by ``tracebacks.py``, the displays by ``displays.py``;
+both are imported with this module, before the process is confined.
 
 The result goes through a pipe rather than a file because a pipe is not
 subject to the file-size limit the cell runs under. Heavy modules (IPython,
@@ -15,33 +17,26 @@ matplotlib, pandas) are imported only when the cell's values need them.
 from __future__ import annotations
 
 import ast
-import base64
 import builtins
 import errno
 import json
 import os
-import re
 import sys
 import time
-import traceback
 import types
 from typing import Any
 
 from ..analysis import cell_names
 from ..codecs import check_size, decode_value, encode_value
 from ..errors import SerializationError
-from ..package import RemoteErrorInfo, ResultPackage, decode_task, encode_result, is_ipython_name
+from ..package import ResultPackage, decode_task, encode_result, is_ipython_name
+from .displays import Displays
 from .landlock import confine  # imported while the spare waits: ctypes is not free
+from .tracebacks import error_info
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _RESOURCE_NAMES = ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_CORE")
 _MAIN_PID = 0  # the runtime's own pid; a process the cell forked has another one
 _CONFINEMENT: dict[str, str | None] = {}  # "refused": why Landlock could not confine the task, or None
-_CONFINED_NOTE = (
-    "Note: the cell runs confined on the worker: it may write only in its own folder (its working "
-    "directory) and cannot read the worker's files; pass data in as notebook variables (--in) instead."
-)
 
 
 def main(config_json: str | None = None, config_fd: int = 0) -> None:
@@ -163,7 +158,7 @@ def rehearse() -> None:
     config = json.loads(json.dumps({"result_fd": 3, "task": "", "rlimits": {}, "landlock": None}))
     task = decode_task(encode_task(TaskPackage(code="value = 1 + 1", outputs=None)))
     namespace: dict[str, Any] = {"__builtins__": builtins}
-    displays = _Displays()
+    displays = Displays()
     _execute(task.code, namespace, displays)
     res = ResultPackage()
     _collect_outputs(task, namespace, res, 1 << 20)
@@ -189,7 +184,7 @@ def _run(task: Any, res: ResultPackage, config: dict[str, Any]) -> int:
     sys.modules["__main__"] = main_module  # cell-defined functions and classes pickle as __main__.x
     namespace = main_module.__dict__
     namespace["__builtins__"] = builtins
-    displays = _Displays()
+    displays = Displays()
     namespace["display"] = displays.display
     if "IPython" in task.code:
         displays.route_ipython_display()
@@ -204,7 +199,7 @@ def _run(task: Any, res: ResultPackage, config: dict[str, Any]) -> int:
     except BaseException as exc:  # noqa: BLE001 (whatever the cell raises, SystemExit too, is its error)
         if os.getpid() != _MAIN_PID:
             os._exit(1)
-        res.error = _error_info(exc, task.code)
+        res.error = error_info(exc, task.code, confined=_CONFINEMENT.get("refused", "") is None)
         res.failure = _limit_failure(exc, config)
         status = 1
     if os.getpid() != _MAIN_PID:  # a process the cell forked ran off the end of the cell
@@ -217,7 +212,7 @@ def _run(task: Any, res: ResultPackage, config: dict[str, Any]) -> int:
     return status
 
 
-def _execute(code: str, namespace: dict[str, Any], displays: _Displays) -> None:
+def _execute(code: str, namespace: dict[str, Any], displays: Displays) -> None:
     """Run the cell; a last expression statement is shown, as IPython does."""
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     tree = compile(code, "<cell>", "exec", flags=flags | ast.PyCF_ONLY_AST, dont_inherit=True)
@@ -294,171 +289,6 @@ def _limit_failure(exc: BaseException, config: dict[str, Any]) -> str | None:
             return f"The cell tried to write a file larger than the sandbox's {config.get('file_size_mb')} MB limit."
         seen = seen.__cause__ or seen.__context__
     return None
-
-
-# -- tracebacks --------------------------------------------------------------
-
-
-def _error_info(exc: BaseException, code: str) -> RemoteErrorInfo:
-    """The exception as IPython would print it, minus every frame of decloud's own."""
-    lines = code.splitlines()
-    chain: list[tuple[BaseException, str | None]] = []
-    seen: BaseException | None = exc
-    note: str | None = None
-    while seen is not None and len(chain) < 10:
-        chain.append((seen, note))
-        if seen.__cause__ is not None:
-            note, seen = (
-                "The above exception was the direct cause of the following exception:",
-                seen.__cause__,
-            )
-        elif seen.__context__ is not None and not seen.__suppress_context__:
-            note, seen = (
-                "During handling of the above exception, another exception occurred:",
-                seen.__context__,
-            )
-        else:
-            seen = None
-    out: list[str] = []
-    for item, note in reversed(chain):
-        out.append("-" * 75)
-        out.append(f"{type(item).__name__:<42}Traceback (most recent call last)")
-        for frame in traceback.extract_tb(item.__traceback__):
-            if frame.filename.startswith(_PACKAGE_DIR):
-                continue
-            out.append(_frame_text(frame, lines))
-        if isinstance(item, SyntaxError) and item.filename == "<cell>":
-            out.append(f"Cell line {item.lineno}\n    {(item.text or '').rstrip()}")
-        out.append(f"{type(item).__name__}: {item}" if str(item) else type(item).__name__)
-        if note:
-            out.append(note)
-    if isinstance(exc, PermissionError) and _CONFINEMENT.get("refused", "") is None:
-        out.append(_CONFINED_NOTE)
-    # Memory addresses differ on every run; honest workers must report the same bytes.
-    return RemoteErrorInfo(
-        type(exc).__name__, _ADDRESS.sub(" at 0x…", str(exc)), [_ADDRESS.sub(" at 0x…", t) for t in out]
-    )
-
-
-def _frame_text(frame: traceback.FrameSummary, cell_lines: list[str]) -> str:
-    where = "" if frame.name == "<module>" else f", in {frame.name}"
-    lineno = frame.lineno or 0
-    if frame.filename == "<cell>":
-        first = max(1, lineno - 2)
-        body = [
-            f"{'---->' if n == lineno else '     '} {n:<2}{cell_lines[n - 1] if n <= len(cell_lines) else ''}"
-            for n in range(first, lineno + 1)
-        ]
-        return "\n".join([f"Cell line {lineno}{where}", *body])
-    source = (frame.line or "").strip()
-    return f"File {_short_path(frame.filename)}:{lineno}{where}\n---->  {source}"
-
-
-def _short_path(path: str) -> str:
-    """A library file relative to its sys.path entry, so honest workers print the same text."""
-    best = ""
-    for entry in sys.path:
-        if entry and path.startswith(entry.rstrip("/") + "/") and len(entry) > len(best):
-            best = entry.rstrip("/") + "/"
-    return path[len(best) :] if best else os.path.basename(path)
-
-
-# -- displays ----------------------------------------------------------------
-
-
-class _Displays:
-    """Collects MIME bundles the way a kernel would send them to the notebook."""
-
-    def __init__(self) -> None:
-        self.bundles: list[dict[str, Any]] = []
-        self._formatter: Any = None
-
-    def display(self, *objs: Any, **_ignored: Any) -> None:
-        """``display(obj, ...)`` inside the cell: each object becomes one output."""
-        for obj in objs:
-            self.bundles.append(self.bundle(obj))
-
-    def route_ipython_display(self) -> None:
-        """Make ``from IPython.display import display`` record here, not print."""
-        try:
-            import IPython.core.display_functions as functions
-            import IPython.display as public
-        except Exception:  # noqa: BLE001 (best effort: IPython's display then stays as it is)
-            return
-        functions.display = public.display = self.display
-
-    def bundle(self, obj: Any) -> dict[str, Any]:
-        figure = sys.modules.get("matplotlib.figure")
-        if figure is not None and isinstance(obj, figure.Figure):
-            return _figure_bundle(obj)
-        data: dict[str, Any] = {}
-        metadata: dict[str, Any] = {}
-        try:
-            if self._formatter is None:
-                from IPython.core.formatters import DisplayFormatter
-
-                self._formatter = DisplayFormatter()
-            data, metadata = self._formatter.format(obj)
-        except Exception:  # noqa: BLE001 (the object's own reprs may raise anything: plain reprs then)
-            data = _plain_bundle(obj)
-        clean = {mime: _jsonable(value) for mime, value in data.items()}
-        if "text/plain" in clean:
-            # Memory addresses differ on every run; honest workers must print the same bytes.
-            clean["text/plain"] = _ADDRESS.sub(" at 0x…", str(clean["text/plain"]))
-        return {"data": clean, "metadata": _jsonable(metadata) if isinstance(metadata, dict) else {}}
-
-    def add_open_figures(self) -> None:
-        """Show figures the cell left open, as the inline backend does when a cell ends."""
-        pyplot = sys.modules.get("matplotlib.pyplot")
-        if pyplot is None:
-            return
-        for num in pyplot.get_fignums():
-            try:
-                self.bundles.append(_figure_bundle(pyplot.figure(num)))
-            except Exception as exc:  # noqa: BLE001 (a broken figure must not lose the other outputs)
-                self.bundles.append(
-                    {"data": {"text/plain": f"<figure {num} could not be drawn: {exc}>"}, "metadata": {}}
-                )
-        pyplot.close("all")
-
-
-def _figure_bundle(fig: Any) -> dict[str, Any]:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    png = base64.b64encode(buf.getvalue()).decode("ascii")
-    return {"data": {"image/png": png, "text/plain": _ADDRESS.sub(" at 0x…", repr(fig))}, "metadata": {}}
-
-
-def _plain_bundle(obj: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"text/plain": repr(obj)}
-    for mime, method in (
-        ("text/html", "_repr_html_"),
-        ("image/png", "_repr_png_"),
-        ("image/svg+xml", "_repr_svg_"),
-        ("text/markdown", "_repr_markdown_"),
-        ("text/latex", "_repr_latex_"),
-    ):
-        fn = getattr(obj, method, None)
-        if callable(fn):
-            try:
-                value = fn()
-            except Exception:  # noqa: BLE001, S112 (a repr method that fails is one format fewer)
-                continue
-            if value is not None:
-                data[mime] = value
-    return data
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode("ascii")
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def _flush() -> None:

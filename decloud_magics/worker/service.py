@@ -25,7 +25,6 @@ import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from ..chain.market import Market
@@ -33,6 +32,8 @@ from ..chain.records import ChainStatus, MarketEvent
 from ..channel import LiveChannel, NullChannel
 from ..errors import DecloudError
 from ..store.base import Store
+from .announcer import Announcer
+from .offers import TaskOffer, WorkerPolicy
 from .settler import Settlement, Settler
 from .sharing import Share, TaskBoard
 
@@ -40,78 +41,6 @@ log = logging.getLogger("decloud.worker")
 
 #: Seconds between two looks at the chain, at the least, however often the worker is woken.
 MIN_POLL_GAP = 0.005
-
-
-@dataclass(frozen=True)
-class TaskOffer:
-    """A task as announced by ``TaskCreated``."""
-
-    task_id: int
-    requester: str
-    price_wei: int
-    input_cid: str
-    deadline: int
-    timeout: int
-    lease: int
-    validators: int
-    cpus: int
-    memory_mb: int
-
-    @classmethod
-    def from_event(cls, event: MarketEvent) -> TaskOffer:
-        a = event.args
-        return cls(
-            task_id=int(a["taskId"]),
-            requester=str(a["requester"]),
-            price_wei=int(a["price"]),
-            input_cid=bytes(a["inputCid"]).decode(),
-            deadline=int(a["deadline"]),
-            timeout=int(a["timeout"]),
-            lease=int(a["lease"]),
-            validators=int(a["validators"]),
-            cpus=int(a["cpus"]),
-            memory_mb=int(a["memoryMb"]),
-        )
-
-    @property
-    def price_per_seat(self) -> int:
-        return self.price_wei // max(self.validators, 1)
-
-
-class _Announcer:
-    """A task's "running" and stdout lines on the live channel, in that order, from the moment it is ours."""
-
-    def __init__(self, channel: LiveChannel, task_id: int, worker: str) -> None:
-        self._channel, self._task_id, self._worker = channel, task_id, worker
-        self._lock = threading.Lock()
-        self._held: list[str] | None = []  # lines said before the task was ours; None once open
-
-    def open(self) -> None:
-        with self._lock:
-            self._channel.publish(self._task_id, "running", {"worker": self._worker})
-            for line in self._held or ():
-                self._publish(line)
-            self._held = None
-
-    def line(self, line: str) -> None:
-        with self._lock:
-            if self._held is not None:
-                self._held.append(line)
-            else:
-                self._publish(line)
-
-    def _publish(self, line: str) -> None:
-        self._channel.publish(self._task_id, "stdout", {"line": line, "worker": self._worker})
-
-
-@dataclass
-class WorkerPolicy:
-    """What a worker is willing to do."""
-
-    min_price_wei: int = 0
-    max_timeout: int = 3600
-    max_memory_mb: int = 4096
-    slots: int = 1
 
 
 class Worker:
@@ -405,7 +334,7 @@ class Worker:
         package = self.store.get(offer.input_cid)
         # an address-space limit: importing pandas alone reserves ~350 MB of it
         limits = SandboxLimits(memory_mb=max(1024, min(offer.memory_mb, self.policy.max_memory_mb)))
-        say = _Announcer(self.channel, offer.task_id, self.market.account)
+        say = Announcer(self.channel, offer.task_id, self.market.account)
         if confirm is None:
             say.open()
         else:

@@ -152,7 +152,11 @@ class DecloudMagics(Magics):
             raise IPythonUsageError(str(exc)) from None
 
     def _parse(self, name: str, rest: str) -> Any:
-        return parse_argstring(SUBCOMMANDS[name], rest)
+        try:
+            return parse_argstring(SUBCOMMANDS[name], rest)
+        except IPythonUsageError as exc:  # argparse's own words, which name neither the command nor the help
+            magic = "%%decloud" if name == "run" else "%decloud"
+            raise UsageError(f"{magic} {name}: {str(exc).rstrip('.')} (see %decloud? for its options).") from None
 
     # -- run -------------------------------------------------------------------
 

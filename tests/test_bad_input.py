@@ -60,6 +60,20 @@ def test_every_wrong_option_is_one_usage_sentence(run_cell, cell, words):
     _single_sentence(str(error))
 
 
+@pytest.mark.parametrize(
+    "cell, command",
+    [
+        ("%%decloud run --colour red\nx = 1", "%%decloud run:"),
+        ("%decloud history --limit lots", "%decloud history:"),
+        ("%decloud events", "%decloud events:"),
+    ],
+)
+def test_a_flag_the_parser_refuses_names_the_command_and_where_its_flags_are(run_cell, cell, command):
+    error = run_cell(cell)[0].error_in_exec
+    assert str(error).startswith(command) and str(error).endswith("(see %decloud? for its options).")
+    _single_sentence(str(error))
+
+
 def test_no_funds_is_refused_before_sending_with_the_shortfall(shell, run_cell):
     client = _magics(shell).client()
     tasks = client.conn.market.contract.functions.taskCount().call()

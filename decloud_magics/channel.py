@@ -17,6 +17,10 @@ Listener = Callable[[int, str, dict[str, Any]], None]
 
 
 class LiveChannel(Protocol):
+    #: Seconds a task runs before its worker says "running": a message that costs
+    #: the transport something is not worth sending for a task about to end.
+    announce_after: float
+
     def publish(self, task_id: int, kind: str, data: dict[str, Any]) -> None: ...
 
     def subscribe(self, listener: Listener) -> Callable[[], None]: ...
@@ -24,6 +28,8 @@ class LiveChannel(Protocol):
 
 class LocalChannel:
     """In-process fan-out, one per market, for the embedded network."""
+
+    announce_after = 0.0  # a message is a function call here
 
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
@@ -52,6 +58,8 @@ class LocalChannel:
 
 class NullChannel:
     """For networks with no live transport: the chain's events still tell the story."""
+
+    announce_after = 0.0
 
     def publish(self, task_id: int, kind: str, data: dict[str, Any]) -> None:
         return None

@@ -349,8 +349,11 @@ class Worker:
             confirm.add_done_callback(claimed)  # at once when it is already settled
         queued = len(self._offers) > len(self._held)  # more work waits: start the next interpreter now
         # the next interpreter starts once this result is settled (``_settled``), not while it is
-        return run_in_sandbox(package, timeout=float(offer.timeout), limits=limits, on_stdout=say.line,
-                              cancel=cancel, queued=queued, refill=False)  # fmt: skip
+        try:
+            return run_in_sandbox(package, timeout=float(offer.timeout), limits=limits, on_stdout=say.line,
+                                  cancel=cancel, queued=queued, refill=False)  # fmt: skip
+        finally:
+            say.close()
 
     def on_complete(self, offer: TaskOffer, result: bytes | memoryview) -> None:
         """Store the result and queue its settlement: a result the sandbox cut short refunds the requester."""

@@ -109,10 +109,11 @@ class Following:
             if run.validators == 1:
                 # The chain names the worker for good; when nobody claimed and the channel
                 # said nothing, this is the first sign of it.
-                unseen = run.status == Status.OPEN
                 self._order_placed(run, worker, f"taken by {_short(worker)}", **where)
-                if unseen:
-                    run._emit(EventKind.RUNNING, message="ran in the worker's sandbox", worker=worker)
+            if run.status == Status.CLAIMED:
+                # A worker announces only a task that runs a while (``Announcer``), and the
+                # channel may lose what it says: a result proves the task ran.
+                run._emit(EventKind.RUNNING, message="ran in the worker's sandbox", worker=worker)
         elif event.name == "TaskCompleted":
             self._settle(run, bytes(a["resultDigest"]), where, paid=int(a["paidPerWorker"]))
         elif event.name == "TaskFailed":

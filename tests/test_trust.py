@@ -146,6 +146,20 @@ def test_validators_that_agree_are_each_paid(market):
         assert client.conn.market.balance(market.chain.accounts[i]) > balances[i]  # paid more than its gas
 
 
+def test_a_run_whose_workers_said_nothing_live_still_shows_it_ran(market):
+    """Over IPFS a short task is never announced; its results on chain say it ran, in order."""
+    market.channel.announce_after = 60.0  # the workers stay silent on the live channel
+    for index in (4, 5):
+        market.worker(Worker, index)
+    client = market.client()
+    for validators in (1, 2):
+        run = client.submit("y = 7", outputs=["y"], timeout=30, validators=validators, price="0.002ether")
+        assert run.result(timeout=90).values == {"y": 7}
+        kinds = [e.kind.value for e in run.events]
+        assert kinds[0] == "created" and kinds[-1] == "completed" and kinds.count("running") == 1, kinds
+        assert kinds.index("order_placed") < kinds.index("running") < kinds.index("completed"), kinds
+
+
 def test_validators_that_disagree_dispute_and_refund(market):
     market.worker(Worker, 4)
     market.worker(ConsistentLiar, 5)

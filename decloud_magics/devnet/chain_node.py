@@ -13,7 +13,6 @@ only ever holds devnet ETH.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, NetworkUnreachable
+from ..processes import signal_group
 
 ANVIL_VERSION = "1.7.1"
 ANVIL_CHAIN_ID = 31337
@@ -253,13 +253,11 @@ class AnvilNode:
     def stop(self, timeout: float = 5.0) -> None:
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        signal_group(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            signal_group(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self.proc = None
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, NetworkUnreachable
+from ..processes import signal_group
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -341,14 +342,12 @@ class IpfsNode:
         except (OSError, ValueError):
             pid = None
         if pid is not None and _is_our_daemon(pid, self.repo):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
+            signal_group(pid, signal.SIGTERM)
             end = time.monotonic() + timeout
             while _is_our_daemon(pid, self.repo) and time.monotonic() < end:
                 time.sleep(0.1)
             if _is_our_daemon(pid, self.repo):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+                signal_group(pid, signal.SIGKILL)
         for name in ("repo.lock", "api"):
             target = self.repo / name
             if target.is_dir():
@@ -372,15 +371,13 @@ def _is_our_daemon(pid: int, repo: Path) -> bool:
 
 def _kill_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM the process group, wait, then SIGKILL whatever is left of it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
+    signal_group(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         pass
     # Children the leader started may outlive it; the group id still reaches them.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    signal_group(proc.pid, signal.SIGKILL)
     proc.wait()
 
 

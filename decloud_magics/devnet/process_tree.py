@@ -6,27 +6,22 @@ from __future__ import annotations
 import contextlib
 import os
 
+from .. import processes
+from ..processes import proc_stat
+
 
 def signal_group(pid: int, sig: int) -> None:
     """Send ``sig`` to the process group that ``pid`` leads, and to ``pid`` itself."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)  # a process that left its group still gets the signal
+    processes.signal_group(pid, sig, leader=True)
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (which may hold spaces); None off Linux."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
+def start_ticks(pid: int, stat: list[str] | None = None) -> int | None:
+    """When ``pid`` started, in clock ticks since boot; None off Linux or when no such process runs.
 
-
-def start_ticks(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot; None off Linux or when no such process runs."""
-    stat = _proc_stat(pid)
+    ``stat``: its ``proc_stat`` fields, when the caller has read them already.
+    """
+    if stat is None:
+        stat = proc_stat(pid)
     return int(stat[19]) if stat else None
 
 
@@ -35,7 +30,7 @@ def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     with contextlib.suppress(OSError):
         for name in os.listdir("/proc"):
-            stat = _proc_stat(int(name)) if name.isdigit() else None
+            stat = proc_stat(int(name)) if name.isdigit() else None
             if stat:
                 children.setdefault(int(stat[1]), []).append(int(name))
     found, todo = [], [pid]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from ..processes import pid_alive
+from ..processes import pid_alive, proc_stat
 from .process_tree import start_ticks
 
 
@@ -22,7 +22,8 @@ class ProcessInfo:
         return cls(pid, start_ticks(pid))
 
     def alive(self) -> bool:
-        return pid_alive(self.pid) and start_ticks(self.pid) in (None, self.start)
+        stat = proc_stat(self.pid)
+        return pid_alive(self.pid, stat) and start_ticks(self.pid, stat) in (None, self.start)
 
 
 @dataclass

@@ -8,7 +8,7 @@ that a later worker can sweep away those of one that died.
 The sandbox process joins its cgroup while it waits as a warm spare: moving a
 process into a cgroup waits for the kernel's RCU grace period, 7–10 ms here,
 which would otherwise be paid by every task. The run's own limit is written
-into ``pids.max`` when the task is handed over.
+into ``pids.max`` when the task is handed over, unless the cgroup was made with it.
 """
 
 from __future__ import annotations

@@ -23,17 +23,14 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import IO, Any
 
+from ..processes import signal_group
+
 log = logging.getLogger(__name__)
 
-_BOOT = (
-    "import sys,types;p=types.ModuleType('decloud_magics');p.__path__=[sys.argv[1]];"
-    "sys.modules['decloud_magics']=p;from decloud_magics.worker.zygote import main;main(int(sys.argv[2]))"
-)
 #: Seconds the zygote may take to start and import the runtime.
 START_TIMEOUT = 30.0
 
@@ -94,7 +91,6 @@ class ForkServer:
     """One zygote for one Python; ``spawn`` forks a sandbox process from it."""
 
     def __init__(self, argv: Sequence[str], env: dict[str, str], cwd: str) -> None:
-        self.born = time.monotonic()
         self.cwd = cwd  # the zygote's own folder, which its user removes after close()
         self._argv, self._env = list(argv), env
         self._lock = threading.Lock()
@@ -165,10 +161,7 @@ class ForkServer:
                 pass
         proc = self._proc
         if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            signal_group(proc.pid, signal.SIGKILL)
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
 

@@ -36,13 +36,20 @@ PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MAX_PROCESSES = 64
 # The bootstrap registers decloud_magics without running its __init__, which
 # loads the notebook glue: the sandbox needs only the formats and the runtime.
+# Its first argument is the package's folder.
+_BOOT_PACKAGE = (
+    "import sys,types;p=types.ModuleType('decloud_magics');p.__path__=[sys.argv[1]];sys.modules['decloud_magics']=p;"
+)
 # The config comes later, on stdin, so the same process can be started ahead of its task;
 # the cgroup it joins meanwhile, if any, is its second argument.
 _BOOT = (
-    "import sys,types;p=types.ModuleType('decloud_magics');p.__path__=[sys.argv[1]];"
-    "sys.modules['decloud_magics']=p;from decloud_magics.worker.runtime import main;main()"
+    _BOOT_PACKAGE + "from decloud_magics.worker.runtime import main;"
+    "main(cgroup_procs=sys.argv[2] if len(sys.argv)>2 else None)"
 )
-_UNSHARE = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child", "--mount-proc"]
+# The zygote's second argument is its control socket's fd.
+_ZYGOTE_BOOT = _BOOT_PACKAGE + "from decloud_magics.worker.zygote import main;main(int(sys.argv[2]))"
+_USERNS = ["unshare", "--user", "--map-root-user"]
+_UNSHARE = [*_USERNS, "--pid", "--fork", "--kill-child", "--mount-proc"]
 # If the worker itself dies, the kernel kills the sandbox too (and unshare's --kill-child the rest).
 _SETPRIV = ["setpriv", "--pdeathsig", "KILL", "--"]
 #: What unshare prints when it fails to re-raise SIGKILL on itself (util-linux 2.38).
@@ -121,8 +128,7 @@ def _fork_server(python: str) -> forkserver.ForkServer | None:
         if server is not None and server.alive:
             return server
         home = tempfile.mkdtemp(prefix=f"decloud-task-{os.getpid()}-zygote-")
-        argv = _with_pdeathsig(python, ["unshare", "--user", "--map-root-user", python, "-u", "-c",
-                                        forkserver._BOOT, PACKAGE_DIR])  # fmt: skip
+        argv = _with_pdeathsig(python, [*_USERNS, python, "-u", "-c", _ZYGOTE_BOOT, PACKAGE_DIR])
         try:
             server = forkserver.ForkServer(argv, environment(home, 1), home)
         except (OSError, TimeoutError) as exc:
@@ -165,6 +171,12 @@ def unshare_works(python: str, network: bool) -> bool:
     """Whether namespaces work here (kernels and containers may forbid them); asked once per setup."""
     key = (python, network)
     if key not in _unshare_cache:
+        # With --net the probe asks for more: its success answers the probe without it, and a
+        # failure without it answers the probe with it. A full interpreter start is saved either way.
+        known = _unshare_cache.get((python, not network))
+        if known is not None and known == network:
+            _unshare_cache[key] = known
+            return known
         _unshare_cache[key] = command_works((*_UNSHARE, *([] if network else ["--net"]), python, "-c", "pass"))
         if not _unshare_cache[key]:
             log.warning("network isolation unavailable: `unshare` fails here, so sandboxes share the network")

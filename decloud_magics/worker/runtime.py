@@ -39,17 +39,19 @@ _MAIN_PID = 0  # the runtime's own pid; a process the cell forked has another on
 _CONFINEMENT: dict[str, str | None] = {}  # "refused": why Landlock could not confine the task, or None
 
 
-def main(config_json: str | None = None, config_fd: int = 0) -> None:
+def main(config_json: str | None = None, config_fd: int = 0, cgroup_procs: str | None = None) -> None:
     """Run one task as described by the parent's JSON config; never returns.
 
     Without ``config_json`` the config comes on ``config_fd`` (stdin, or the
     config pipe of a process forked by the zygote): the process was started
     ahead of its task (a warm spare) and waits there, the interpreter up and
-    this module imported, until the parent hands it a task.
+    this module imported, until the parent hands it a task. ``cgroup_procs``:
+    the procs file of the pids cgroup to join first (an exec'd process; a
+    forked one was moved there by its parent).
     """
     global _MAIN_PID
-    if len(sys.argv) > 2:
-        join_cgroup(sys.argv[2])
+    if cgroup_procs is not None:
+        join_cgroup(cgroup_procs)
     config = json.loads(config_json if config_json is not None else _read_config(config_fd))
     _enter_sandbox(config)
     started = time.perf_counter()

@@ -47,9 +47,9 @@ from ..buffers import BytesLike
 from ..errors import DecloudError
 from ..package import ResultPackage, decode_result, encode_result
 from ..processes import pid_alive
-from . import cgroups, landlock, launch
+from . import cgroups, launch
 from .landlock import task_rules
-from .spares import REFILL_DELAY, Process, SparePool, TaskProc, close_at_exit
+from .spares import REFILL_DELAY, Process, SparePool, TaskProc, close_at_exit, remove_scratch
 
 __all__ = ["SandboxLimits", "network_isolation_available", "prewarm", "run_in_sandbox", "shutdown_spares"]
 
@@ -110,9 +110,6 @@ def run_in_sandbox(
     isolated = launch.unshare_works(python, limits.network)
     refill_delay = 0.0 if queued else REFILL_DELAY
     child = _spares.take((python, limits.network), limits.threads, refill_delay=refill_delay)
-    if child is not None and child.confined_by not in (None, landlock.generation()):
-        child.discard()  # confined before the worker hid more (its key file): too little
-        child = None
     run: _Run | None = None
     try:
         if child is not None and not child.hand_over(task_bytes, _config(limits, child)):
@@ -137,14 +134,11 @@ def run_in_sandbox(
         if refill:
             _spares.prewarm((python, limits.network), limits.threads)  # this run is over: refill now
         if run is None and child is not None:
-            child.discard()  # never supervised: kill and reap it here
-        if child is not None and child.cgroup is not None:
-            cgroups.remove(child.cgroup)
-        if child is not None:
-            if sys.version_info >= (3, 12):
-                shutil.rmtree(child.scratch, onexc=_force_remove)
-            else:
-                shutil.rmtree(child.scratch, onerror=_force_remove)
+            child.discard()  # never supervised: kill and reap it here, and remove its cgroup and scratch dir
+        elif child is not None:
+            if child.cgroup is not None:
+                cgroups.remove(child.cgroup)
+            remove_scratch(child.scratch)
 
 
 def network_isolation_available(python: str = sys.executable) -> bool:
@@ -166,7 +160,7 @@ def _config(limits: SandboxLimits, child: Process) -> dict[str, object]:
     """What the child applies to itself before it reads a task byte; the run's process cap goes
     into the cgroup the child joined while it waited (RLIMIT_NPROC where there is none)."""
     cgroup = child.cgroup
-    if cgroup is not None:
+    if cgroup is not None and limits.max_processes != launch.DEFAULT_MAX_PROCESSES:  # else it has this cap
         try:
             cgroups.set_max(cgroup, limits.max_processes)
         except OSError:
@@ -289,7 +283,8 @@ class _Run:
             sel.close()
             os.close(self.result_fd)
             self.stdout.close()
-            self._kill()
+            if killed_at is None:
+                self._kill()
         # killed and drained, it ends at once; its status and CPU time (the cell's included)
         ended = self.proc.reap(timeout=_KILL_GRACE + 10)
         self.returncode, self.cpu_seconds = ended if ended is not None else (-signal.SIGKILL, 0.0)
@@ -401,12 +396,3 @@ def _sweep_leftovers() -> None:
                 else:
                     shutil.rmtree(path, ignore_errors=True)
 
-
-def _force_remove(func: Callable[..., object], path: str, _exc: object) -> None:
-    """The cell may have made parts of its scratch dir read-only; deletion must still succeed."""
-    try:
-        os.chmod(os.path.dirname(path), 0o700)
-        os.chmod(path, 0o700)
-        func(path)
-    except OSError:
-        pass

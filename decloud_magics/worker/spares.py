@@ -26,8 +26,10 @@ import atexit
 import json
 import logging
 import os
+import select
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +38,8 @@ from subprocess import Popen
 from typing import IO, Protocol
 
 from ..buffers import BytesLike
-from . import cgroups
+from ..processes import signal_group
+from . import cgroups, landlock
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +80,7 @@ class SpawnedProc(Popen):  # type: ignore[type-arg]
             return True
 
     def kill_all(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_group(self.pid, signal.SIGKILL)
 
     def reap(self, timeout: float | None = None) -> tuple[int, float] | None:
         """``(exit code, CPU seconds of it and what it waited for)``; None if ``timeout`` came first."""
@@ -96,7 +96,22 @@ class SpawnedProc(Popen):  # type: ignore[type-arg]
                 return self.returncode, usage.ru_utime + usage.ru_stime
             if deadline is not None and time.monotonic() >= deadline:
                 return None
-            time.sleep(0.01)
+            if deadline is None or not self._wait_pidfd(max(0.0, deadline - time.monotonic())):
+                time.sleep(0.01)
+
+    def _wait_pidfd(self, timeout: float) -> bool:
+        """Sleep until it ends or ``timeout`` passes, woken by its pidfd; False without one to wait on."""
+        if not hasattr(os, "pidfd_open"):
+            return False
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except OSError:  # no pidfds in this kernel, or it was reaped meanwhile (the next wait4 says so)
+            return False
+        try:
+            select.select([pidfd], [], [], timeout)
+        finally:
+            os.close(pidfd)
+        return True
 
 
 @dataclass(eq=False)
@@ -118,6 +133,8 @@ class Process:
     def usable(self, max_age: float) -> bool:
         if time.monotonic() - self.born > max_age:
             return False
+        if self.confined_by not in (None, landlock.generation()):
+            return False  # confined before the worker hid more (its key file): too little
         return not self.proc.exited()  # a dead one is still reaped by discard()
 
     def hand_over(self, task_bytes: BytesLike, config: dict[str, object]) -> bool:
@@ -153,9 +170,26 @@ class Process:
             os.close(self.result_fd)
         except OSError:
             pass
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        remove_scratch(self.scratch)
         if self.cgroup is not None:
             cgroups.remove(self.cgroup)
+
+
+def remove_scratch(path: str) -> None:
+    """Delete a sandbox process's scratch dir, even where its cell made parts of it read-only."""
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=_force_remove)
+    else:
+        shutil.rmtree(path, onerror=_force_remove)
+
+
+def _force_remove(func: Callable[..., object], path: str, _exc: object) -> None:
+    try:
+        os.chmod(os.path.dirname(path), 0o700)
+        os.chmod(path, 0o700)
+        func(path)
+    except OSError:
+        pass
 
 
 class SparePool:

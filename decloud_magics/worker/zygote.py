@@ -32,7 +32,6 @@ import os
 import select
 import signal
 import socket
-import sys
 import tempfile
 from typing import Any
 
@@ -191,7 +190,6 @@ def _run_task(libc: Any, request: dict[str, Any], fds: list[int]) -> None:
     os.environ.clear()  # the cell's environment, whole: nothing of the zygote's own
     os.environ.update(request["env"])
     tempfile.tempdir = None  # the zygote's guess must not outlive its environment
-    sys.argv = [sys.argv[0]]
     with open(RULES_FILE) as fh:
         rules = json.load(fh)
     os.unlink(RULES_FILE)

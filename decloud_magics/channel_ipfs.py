@@ -29,18 +29,17 @@ that reconnects with backoff and stops when the last listener unsubscribes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .channel import Listener
 from .channel_messages import (
     MAX_MESSAGE_BYTES,
-    SIGNATURE_BYTES,
     VERSION,
     decode_message,
     encode_message,
@@ -48,8 +47,8 @@ from .channel_messages import (
     multibase_decode,
     multibase_encode,
 )
-from .channel_signing import sign_message, signed_by
-from .node_responses import describe, interrupt, lines, node_message
+from .channel_signing import SIGNATURE_BYTES, sign_message, signed_by
+from .node_responses import describe, interrupt, lines, multipart_files, node_message
 from .sessions import node_session
 from .store.kubo import _http_url
 from .untrusted import loads_json
@@ -257,19 +256,12 @@ class IpfsPubsubChannel:
 
     def _post_pub(self, session: requests.Session, body: bytes) -> bool:
         """Send one message; False when the node says nobody subscribes, which is no outage."""
-        boundary = uuid.uuid4().hex
-        payload = b"".join((
-            f"--{boundary}\r\n".encode(),
-            b'Content-Disposition: form-data; name="file"; filename="message"\r\n',
-            b"Content-Type: application/octet-stream\r\n\r\n",  # js-ipfs refuses a part without one
-            body,
-            f"\r\n--{boundary}--\r\n".encode(),
-        ))  # fmt: skip
+        payload, content_type = multipart_files([("message", [body])])
         resp = session.post(
             f"{self.api_url}/api/v0/pubsub/pub",
-            params={"arg": multibase_encode(self.topic.encode())},
+            params={"arg": self._topic_arg},
             data=payload,
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            headers={"Content-Type": content_type},
             timeout=(self.connect_timeout, self.publish_timeout),
         )
         with resp:
@@ -308,7 +300,7 @@ class IpfsPubsubChannel:
         try:
             resp = session.post(
                 f"{self.api_url}/api/v0/pubsub/sub",
-                params={"arg": multibase_encode(self.topic.encode())},
+                params={"arg": self._topic_arg},
                 stream=True,
                 timeout=(self.connect_timeout, self.idle_timeout),
             )
@@ -399,6 +391,11 @@ class IpfsPubsubChannel:
             assert callable(self._topic_source)
             self._topic = str(self._topic_source())
         return self._topic
+
+    @functools.cached_property
+    def _topic_arg(self) -> str:
+        """The topic as the RPC API takes it (multibase), worked out once."""
+        return multibase_encode(self.topic.encode())
 
     def _count(self, what: str) -> None:
         with self._lock:

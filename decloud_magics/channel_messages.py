@@ -21,7 +21,6 @@ from .untrusted import loads_json
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
-    "SIGNATURE_BYTES",
     "VERSION",
     "decode_message",
     "encode_message",
@@ -32,7 +31,6 @@ __all__ = [
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 16 * 1024  # a panel line, not a payload
-SIGNATURE_BYTES = 150  # ,"sig":"0x<65 bytes in hex>"
 _MAX_KIND = 32
 _MAX_KEYS = 16
 

@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .keys import PrivateKey
 
-__all__ = ["sign_message", "signed_by"]
+__all__ = ["SIGNATURE_BYTES", "sign_message", "signed_by"]
+
+#: Room a signature takes in a message (,"sig":"0x<65 bytes in hex>"), rounded up
+SIGNATURE_BYTES = 150
 
 _SIG = re.compile(rb',"sig":"(0x[0-9a-f]{130})"}$')
 

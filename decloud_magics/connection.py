@@ -155,8 +155,7 @@ def connect_rpc(config: NetworkConfig, key: PrivateKey | None, wake: threading.E
             # Without a saved chain id the chain is asked, from the channel's thread: connecting stays offline.
             if chain_id:
                 return market_topic(chain_id, contract)
-            with market.lock:
-                return market_topic(w3.eth.chain_id, contract)
+            return market_topic(market.chain_id(), contract)  # the market's transactions reuse the answer
 
         channel = IpfsPubsubChannel(store.api_url, topic() if chain_id else topic, signer=key)
     wake = wake or threading.Event()

@@ -1,20 +1,42 @@
-"""What the live channel makes of an IPFS node's HTTP responses.
+"""Talking HTTP to an IPFS node, for the store and the live channel alike.
 
-The lines of a streamed subscription, a reader woken from one, the node's own
-error sentence, and a short cause when no response came at all.
+The files of a request, the lines of a streamed subscription, a reader woken
+from one, the node's own error sentence, and a short cause when no response
+came at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["describe", "interrupt", "lines", "node_message"]
+__all__ = ["describe", "interrupt", "lines", "multipart_files", "node_error", "node_message"]
+
+
+def multipart_files(files: Sequence[tuple[str, Sequence[bytes | memoryview]]]) -> tuple[bytes, str]:
+    """The body and Content-Type of a request carrying ``(filename, pieces)`` files.
+
+    Named, not numbered: js-ipfs names a file called "0" by its CID instead; and
+    each part says its Content-Type, as js-ipfs answers 500 to a part without
+    one. One joined body (a single memcpy) beats streaming pieces through
+    http.client, which would send a generator in small chunked writes.
+    """
+    boundary = uuid.uuid4().hex
+    body: list[bytes | memoryview] = []
+    for name, pieces in files:
+        body.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+        )
+        body += [*pieces, b"\r\n"]
+    body.append(f"--{boundary}--\r\n".encode())
+    return b"".join(body), f"multipart/form-data; boundary={boundary}"
 
 
 def lines(chunks: Iterable[bytes], cap: int) -> Iterator[bytes | None]:
@@ -47,13 +69,21 @@ def interrupt(resp: requests.Response) -> None:
         resp.close()
 
 
+def node_error(resp: requests.Response) -> str | None:
+    """The node's own error sentence, or None if the body is not a node error at all."""
+    try:
+        payload = resp.json()
+    except ValueError:
+        return None
+    if isinstance(payload, dict) and isinstance(payload.get("Message"), str):
+        return str(payload["Message"])
+    return None
+
+
 def node_message(resp: requests.Response) -> str:
     """The node's own error sentence (cut to 200 characters), else the HTTP reason."""
-    with contextlib.suppress(ValueError):
-        payload = resp.json()
-        if isinstance(payload, dict) and isinstance(payload.get("Message"), str):
-            return payload["Message"][:200]
-    return resp.reason or "no message"
+    message = node_error(resp)
+    return message[:200] if message is not None else resp.reason or "no message"
 
 
 def describe(exc: BaseException) -> str:

@@ -70,8 +70,7 @@ def event_topics(w3: Web3, abi: list[dict[str, Any]]) -> dict[bytes, str]:
     topics = {}
     for item in abi:
         if item.get("type") == "event":
-            signature = f"{item['name']}({','.join(abi_type(i) for i in item['inputs'])})"
-            topics[bytes(w3.keccak(text=signature))] = item["name"]
+            topics[signature_hash(w3, item)] = item["name"]
     return topics
 
 
@@ -147,8 +146,7 @@ class CallEncoder:
         for item in abi:
             if item.get("type") == "function" and names.count(item["name"]) == 1:
                 types = [abi_type(i) for i in item["inputs"]]
-                selector = bytes(w3.keccak(text=f"{item['name']}({','.join(types)})"))[:4]
-                self._functions[item["name"]] = (selector, types)
+                self._functions[item["name"]] = (signature_hash(w3, item)[:4], types)
 
     def knows(self, name: str) -> bool:
         return name in self._functions
@@ -167,9 +165,13 @@ def error_selectors(w3: Web3, abi: list[dict[str, Any]]) -> dict[str, str]:
     selectors = {}
     for item in abi:
         if item.get("type") == "error":
-            signature = f"{item['name']}({','.join(abi_type(i) for i in item['inputs'])})"
-            selectors[bytes(w3.keccak(text=signature))[:4].hex()] = item["name"]
+            selectors[signature_hash(w3, item)[:4].hex()] = item["name"]
     return selectors
+
+
+def signature_hash(w3: Web3, item: dict[str, Any]) -> bytes:
+    """keccak of ``name(type,...)``: an event's topic, or, cut to 4 bytes, a function's or an error's selector."""
+    return bytes(w3.keccak(text=f"{item['name']}({','.join(abi_type(i) for i in item['inputs'])})"))
 
 
 def abi_type(item: dict[str, Any]) -> str:

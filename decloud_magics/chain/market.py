@@ -210,8 +210,15 @@ class Market:
     def balance(self, account: str | None = None) -> int:
         with self.guard():
             if self.rpc is not None:  # asked before every run (the wallet check): the short way
-                return int(self.rpc.call("eth_getBalance", [account or self.account, "latest"]), 16)
+                return self.rpc.balance(account or self.account)
             return int(self.w3.eth.get_balance(cast(Any, account or self.account)))
+
+    def chain_id(self) -> int:
+        """The chain's id, asked once (and again after a refused transaction: the node may have changed)."""
+        with self.guard():
+            if self._chain_id is None:
+                self._chain_id = int(self.w3.eth.chain_id)
+            return self._chain_id
 
     def block_number(self) -> int:
         with self.guard():
@@ -360,9 +367,7 @@ class Market:
         """
         if self._nonce is None:
             self._nonce = int(self.w3.eth.get_transaction_count(self.account, "pending"))
-        if self._chain_id is None:
-            self._chain_id = int(self.w3.eth.chain_id)
-        options: dict[str, Any] = {"value": value, "nonce": self._nonce, "chainId": self._chain_id,
+        options: dict[str, Any] = {"value": value, "nonce": self._nonce, "chainId": self.chain_id(),
                                    **self._fee_fields()}  # fmt: skip
         if gas is not None and self._calls.knows(fn.fn_name):
             if "maxFeePerGas" not in options:
@@ -388,6 +393,7 @@ class Market:
         block = self.w3.eth.get_block("latest")
         base = block.get("baseFeePerGas")
         if base is None:  # a chain without EIP-1559: web3 uses the legacy gas price
+            self._fees = (time.monotonic(), {})
             return {}
         tip = int(self.w3.eth.max_priority_fee)
         fields = {"maxFeePerGas": 2 * int(base) + tip, "maxPriorityFeePerGas": tip}

@@ -98,6 +98,10 @@ class NodeRpc:
             raise ChainError("The chain node answered eth_sendRawTransactionSync without a receipt.")
         return receipt
 
+    def balance(self, address: str) -> int:
+        """Wei held by ``address`` at the latest block."""
+        return _int(self.call("eth_getBalance", [address, "latest"]))
+
     def new_logs(self, filter_id: str) -> list[dict[str, Any]]:
         return list(self.call("eth_getFilterChanges", [filter_id]) or [])
 

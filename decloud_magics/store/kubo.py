@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..buffers import Pieces, as_views
 from ..errors import ContentNotFound, IntegrityError, NetworkUnreachable, StoreError
+from ..node_responses import multipart_files, node_error
 from ..sessions import node_session
 from .base import verify
 from .cid import RAW, cid_for, parse_cid
@@ -118,25 +118,12 @@ class KuboStore:
         return cids
 
     def _add(self, files: list[list[memoryview]]) -> list[str]:
-        boundary = uuid.uuid4().hex
-        body: list[bytes | memoryview] = []
-        for index, views in enumerate(files):
-            body.append(
-                f"--{boundary}\r\n"
-                # named, not numbered: js-ipfs names a file called "0" by its CID instead
-                f'Content-Disposition: form-data; name="file"; filename="f{index}"\r\n'
-                # js-ipfs answers 500 to a file part without a Content-Type.
-                "Content-Type: application/octet-stream\r\n\r\n".encode()
-            )
-            body += [*views, b"\r\n"]
-        body.append(f"--{boundary}--\r\n".encode())
-        # One joined body (a single memcpy) beats streaming pieces through
-        # http.client, which would send a generator in small chunked writes.
+        body, content_type = multipart_files([(f"f{index}", views) for index, views in enumerate(files)])
         resp = self._call(
             "add",
             _ADD_PARAMS,
-            body=b"".join(body),
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            body=body,
+            headers={"Content-Type": content_type},
             what="add content" if len(files) == 1 else f"add {len(files)} contents",
         )
         added = _added_cids(resp.text, self.api_url)
@@ -329,7 +316,7 @@ class KuboStore:
                 ) from None
             if resp.status_code < 400:
                 return resp
-            message = _node_message(resp)
+            message = node_error(resp)
             if resp.status_code >= 500 and message is None:
                 failure = f"HTTP {resp.status_code}"
                 resp.close()
@@ -345,17 +332,6 @@ class KuboStore:
             f"The IPFS node at {self.api_url} failed to {what} ({failure} after {attempts} tries): "
             "check the node's log and restart it."
         )
-
-
-def _node_message(resp: requests.Response) -> str | None:
-    """The node's own error sentence, or None if the body is not a node error at all."""
-    try:
-        payload = resp.json()
-    except ValueError:
-        return None
-    if isinstance(payload, dict) and isinstance(payload.get("Message"), str):
-        return payload["Message"]
-    return None
 
 
 def _raise_for_answer(api_url: str, what: str, status: int, message: str, lookup: float | None) -> None:
